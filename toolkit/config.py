@@ -1,0 +1,381 @@
+"""Recipes: typed dataclasses loaded from TOML, with ``--set key=value`` overrides.
+
+Every field has a default and a one-line doc string (the ``doc`` metadata), which the README's recipe
+reference and the TUI's form read. Errors name the file, the key and the nearest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import UserError, did_you_mean
+
+SCHEMA_VERSION = 1
+TASKS = ("text-classification", "language-modeling", "seq2seq", "image-classification")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+CLEAN_STEPS = ("html", "control", "whitespace", "lower", "punct", "dedup", "pii")
+AUGMENTATIONS = ("shift", "rotate", "noise")
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A dataclass field with its one-line doc string."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class DataConfig:
+    """[data]: where the examples come from and how they are cleaned and split."""
+
+    train: str | list[str] = _f("", "training data: csv | tsv | jsonl | txt | an image folder | 'builtin:digits' | two line-aligned files [src, tgt]")
+    validation: str | list[str] = _f("", "validation data (early stopping, compression guards); empty: carved from train")
+    eval: str | list[str] = _f("", "held-out data for reported metrics; empty: carved from train")
+    split: list[float] = _f([0.7, 0.2, 0.1], "train/validation/eval fractions when only train is given (stratified, seeded)")
+    header: bool | str = _f("auto", "csv/tsv first row is a header: true | false | 'auto' (detected from the column names)")
+    text_column: str = _f("text", "column holding the text (classification, language modelling); a position '0', '1'… without a header")
+    label_column: str = _f("label", "column holding the class label")
+    source_column: str = _f("source", "seq2seq: column holding the source text")
+    target_column: str = _f("target", "seq2seq: column holding the target text")
+    group_column: str = _f("", "optional column naming a subgroup, for per-group metrics")
+    limit: int = _f(0, "use at most this many rows of each split (0 = all)")
+    clean: list[str] = _f([], "text cleaning steps, in order: html | control | whitespace | lower | punct | dedup | pii")
+    augment: list[str] = _f([], "image augmentation during training: shift | rotate | noise")
+    flag_constant_images: bool = _f(True, "warn about (and drop) all-black / all-white images")
+    max_length: int = _f(128, "maximum tokens per example (and the block size for language modelling)")
+
+
+@dataclass
+class ModelConfig:
+    """[model]: what is trained or compressed."""
+
+    source: str = _f("", "a local Hugging Face model directory, or builtin:<name> (bert-tiny | gpt2-tiny | t5-tiny | cnn-small); empty: the task's built-in")
+    hidden_size: int = _f(0, "built-in models: width (0 = the built-in's default)")
+    layers: int = _f(0, "built-in models: number of layers (0 = default)")
+    heads: int = _f(0, "built-in models: attention heads (0 = default)")
+    vocab_size: int = _f(4000, "built-in text models: size of the tokenizer trained on the training split")
+
+
+@dataclass
+class TrainConfig:
+    """[train]: the training loop."""
+
+    enabled: bool = _f(True, "false: use the model as given (to compress an existing model)")
+    epochs: float = _f(3, "passes over the training split (ignored when max_steps > 0)")
+    max_steps: int = _f(0, "optimizer steps to run (0 = from epochs)")
+    batch_size: int = _f(32, "global batch size, whatever the number of processes or accumulation steps")
+    lr: float = _f(5e-4, "peak learning rate (AdamW)")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine | linear | constant")
+    warmup: float = _f(0.06, "warm-up: a fraction of the steps (< 1) or a number of steps (>= 1)")
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms)")
+    dropout: float = _f(0.1, "dropout probability set on the model (built-in and Hugging Face configs)")
+    precision: str = _f("fp32", "fp32 | bf16 | fp16 (torch.autocast; fp16 with a gradient scaler)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (batch_size is split between them)")
+    clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    checkpoint_every: int = _f(200, "save a checkpoint every this many optimizer steps (0 = only at the end)")
+    keep_checkpoints: int = _f(2, "keep the newest this many checkpoints")
+    log_every: int = _f(10, "log loss, LR, gradient norm, update ratio and throughput every this many steps")
+    eval_every: int = _f(0, "validate every this many steps (0 = at the end of each epoch)")
+    early_stopping: int = _f(0, "stop after this many validations without improvement (0 = off)")
+    max_bad_steps: int = _f(5, "stop after this many non-finite losses/gradients in a row")
+    deterministic: bool = _f(False, "deterministic kernels and data order: resuming gives bit-identical weights")
+    detect_anomaly: bool = _f(False, "torch.autograd.detect_anomaly (slow; finds the op that made a NaN)")
+    device: str = _f("auto", "auto | cpu | cuda")
+    threads: int = _f(0, "torch threads for training on CPU (0 = torch's default)")
+
+
+@dataclass
+class Recipe:
+    """A recipe: one run of the toolkit (DESIGN.md)."""
+
+    schema_version: int = _f(SCHEMA_VERSION, "recipe format version")
+    name: str = _f("run", "identifies the run; the default run directory is runs/<name>")
+    task: str = _f("text-classification", "text-classification | language-modeling | seq2seq | image-classification")
+    seed: int = _f(0, "the one seed of the run (data split, initialisation, order, dropout)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "training"})
+    # Where the recipe was read from: relative data paths resolve against its folder.
+    source_path: str = field(default="", metadata={"doc": "internal", "internal": True}, compare=False)
+
+    def base_dir(self) -> Path:
+        """The folder relative data/model paths are resolved against (the recipe's, else the cwd)."""
+        return Path(self.source_path).parent if self.source_path else Path.cwd()
+
+    def resolve_path(self, value: str) -> Path:
+        """A data/model path from the recipe, made absolute against the recipe's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir() / p)
+
+
+# Common names from other tools, so a user coming from them gets pointed at ours.
+ALIASES: dict[str, dict[str, str]] = {
+    "train": {
+        "learning_rate": "lr", "lr_schedule": "schedule", "scheduler": "schedule", "lr_scheduler_type": "schedule",
+        "warmup_steps": "warmup", "warmup_ratio": "warmup", "num_epochs": "epochs", "num_train_epochs": "epochs",
+        "batch": "batch_size", "per_device_train_batch_size": "batch_size", "mixed_precision": "precision",
+        "fp16": "precision", "bf16": "precision", "gradient_accumulation_steps": "grad_accum",
+        "max_grad_norm": "clip", "grad_clip": "clip", "save_steps": "checkpoint_every",
+        "save_total_limit": "keep_checkpoints", "logging_steps": "log_every", "eval_steps": "eval_every",
+        "steps": "max_steps", "patience": "early_stopping",
+    },
+    "data": {"test": "eval", "valid": "validation", "dev": "validation", "text": "text_column",
+             "label": "label_column", "max_seq_length": "max_length", "cleaning": "clean"},
+    "model": {"path": "source", "name_or_path": "source", "model_name_or_path": "source",
+              "num_layers": "layers", "n_layer": "layers", "num_heads": "heads", "d_model": "hidden_size"},
+}
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    """The user-visible fields of a config dataclass, by name."""
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "none"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to floats. Raises UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
+    raise UserError(f"{where} = {shown}: expected {_type_name(tp)}")
+
+
+def _build(cls: type, table: dict[str, Any], section: str, file: str) -> Any:
+    """Make ``cls`` from a TOML table; unknown keys and wrong types are UserErrors naming the key."""
+    hints = typing.get_type_hints(cls)
+    known = fields_of(cls)
+    kwargs: dict[str, Any] = {}
+    label = f"[{section}]" if section else "the top level"
+    for key, value in table.items():
+        if key not in known:
+            choices = {**{k: k for k in known}, **ALIASES.get(section, {})}
+            raise UserError(f"{file}: unknown key '{key}' in {label}{did_you_mean(key, choices)}")
+        tp = hints[key]
+        where = f"{file}: {section + '.' if section else ''}{key}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: expected a table [{key}]")
+            kwargs[key] = _build(tp, value, key if not section else f"{section}.{key}", file)
+        else:
+            kwargs[key] = _coerce(value, tp, where)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 3e-4). Values are TOML literals; bare words are strings."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected key=value, e.g. --set train.lr=3e-4")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as bf16 or a path
+    return key.split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    cls: type = Recipe
+    node = data
+    for i, part in enumerate(path):
+        known = fields_of(cls)
+        section = ".".join(path[:i])
+        if part not in known:
+            choices = {**{k: k for k in known}, **ALIASES.get(section, {})}
+            label = f"[{section}]" if section else "the top level"
+            raise UserError(f"--set {text}: unknown key '{part}' in {label}{did_you_mean(part, choices)}")
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(path) - 1:
+            # A command-line value arrives as text: give it the field's type where it reads as one.
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and tp is str:
+                value = text.split("=", 1)[1].strip()
+            if tp is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            node[part] = value
+        else:
+            if not dataclasses.is_dataclass(tp):
+                raise UserError(f"--set {text}: '{part}' is not a section")
+            node = node.setdefault(part, {})
+            cls = tp
+
+
+def validate(recipe: Recipe, file: str) -> None:
+    """Value checks beyond types. Raises UserError naming the key."""
+    t, d = recipe.train, recipe.data
+
+    def bad(key: str, value: Any, why: str) -> UserError:
+        return UserError(f"{file}: {key} = {value!r}: {why}")
+
+    if recipe.schema_version != SCHEMA_VERSION:
+        raise bad("schema_version", recipe.schema_version, f"this toolkit reads version {SCHEMA_VERSION}")
+    if recipe.task not in TASKS:
+        raise UserError(f"{file}: task = '{recipe.task}' is not a task{did_you_mean(recipe.task, list(TASKS))}")
+    if not recipe.name or "/" in recipe.name or recipe.name.startswith("."):
+        raise bad("name", recipe.name, "must be a plain, non-empty name (it names the run directory)")
+    checks = [
+        ("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "must be a positive number, e.g. 5e-4"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, "must be at least 1"),
+        ("train.epochs", t.epochs, t.epochs >= 0, "must be >= 0"),
+        ("train.max_steps", t.max_steps, t.max_steps >= 0, "must be >= 0 (0 = from epochs)"),
+        ("train.grad_accum", t.grad_accum, 1 <= t.grad_accum <= t.batch_size, "must be between 1 and batch_size"),
+        ("train.warmup", t.warmup, t.warmup >= 0, "must be >= 0"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "must be >= 0"),
+        ("train.dropout", t.dropout, 0 <= t.dropout < 1, "must be in [0, 1)"),
+        ("train.clip", t.clip, t.clip >= 0, "must be >= 0 (0 = off)"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 0, "must be >= 0"),
+        ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "must be at least 1"),
+        ("train.log_every", t.log_every, t.log_every >= 1, "must be at least 1"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 0, "must be >= 0"),
+        ("train.early_stopping", t.early_stopping, t.early_stopping >= 0, "must be >= 0"),
+        ("train.max_bad_steps", t.max_bad_steps, t.max_bad_steps >= 1, "must be at least 1"),
+        ("train.threads", t.threads, t.threads >= 0, "must be >= 0"),
+        ("data.limit", d.limit, d.limit >= 0, "must be >= 0 (0 = all)"),
+        ("data.max_length", d.max_length, d.max_length >= 2, "must be at least 2"),
+        ("model.vocab_size", recipe.model.vocab_size, recipe.model.vocab_size >= 64, "must be at least 64"),
+    ]
+    for key, value, ok, why in checks:
+        if not ok:
+            raise bad(key, value, why)
+    if t.precision not in PRECISIONS:
+        raise UserError(f"{file}: train.precision = '{t.precision}' is not one of {', '.join(PRECISIONS)}{did_you_mean(t.precision, list(PRECISIONS))}")
+    if t.schedule not in SCHEDULES:
+        raise UserError(f"{file}: train.schedule = '{t.schedule}' is not one of {', '.join(SCHEDULES)}{did_you_mean(t.schedule, list(SCHEDULES))}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise bad("train.device", t.device, "must be auto, cpu or cuda")
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1.0) > 1e-6:
+        raise bad("data.split", d.split, "must be three non-negative fractions (train, validation, eval) that sum to 1")
+    if d.split[0] <= 0:
+        raise bad("data.split", d.split, "the train fraction must be above 0")
+    for step in d.clean:
+        if step not in CLEAN_STEPS:
+            raise UserError(f"{file}: data.clean: unknown step '{step}'{did_you_mean(step, list(CLEAN_STEPS))}")
+    for step in d.augment:
+        if step not in AUGMENTATIONS:
+            raise UserError(f"{file}: data.augment: unknown step '{step}'{did_you_mean(step, list(AUGMENTATIONS))}")
+    if isinstance(d.header, str) and d.header != "auto":
+        raise bad("data.header", d.header, "must be true, false or \"auto\"")
+    for key in ("train", "validation", "eval"):
+        value = getattr(d, key)
+        if isinstance(value, list) and len(value) != 2:
+            raise bad(f"data.{key}", value, "a list must name two line-aligned files: [source, target]")
+
+
+def recipe_from_dict(data: dict[str, Any], file: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+    """Build and validate a Recipe from a TOML-shaped dict, after applying ``--set`` overrides."""
+    data = _deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(data, path, value, text)
+    recipe = _build(Recipe, data, "", file)
+    validate(recipe, file)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe TOML file. Raises UserError naming the file, line or key on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such recipe file (give a path to a .toml recipe, or omit it for the demo)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p}: not valid TOML: {e}") from None
+    recipe = recipe_from_dict(data, str(p), overrides)
+    recipe.source_path = str(p.resolve())
+    return recipe
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A config dataclass as a TOML-ready dict (internal fields left out)."""
+    out: dict[str, Any] = {}
+    for name, f in fields_of(type(obj)).items():
+        value = getattr(obj, name)
+        out[name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def dumps_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML text (every default filled in)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in to_dict(recipe).items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a config (dataclass or dict), for skip/rerun decisions and the manifest."""
+    import hashlib
+    import json
+
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Terminal UI (Textual) over the toolkit core."""

@@ -1,0 +1,371 @@
+"""The training loop: forward, loss, backward, clip, step, log, checkpoint — in that order.
+
+Read ``fit`` top to bottom. The ``_setup_*`` helpers build what it needs; ``checkpoint.py`` saves and
+restores everything needed to resume bit-identically (CPU, fp32, ``deterministic = true``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import resource
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from toolkit.config import Recipe, TrainConfig
+from toolkit.errors import Interrupted, ToolkitError, UserError
+from toolkit.events import StageEmitter
+from toolkit.rundir import RunDir
+from toolkit.tasks.base import Prepared, Task
+from toolkit.train import checkpoint as ckpt_io
+
+
+class TrainingDiverged(ToolkitError):
+    """Too many non-finite losses or gradients in a row."""
+
+    exit_code = 1
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0                # optimizer steps done
+    epoch: int = 0               # epochs started (0-based index of the current one)
+    batch_in_epoch: int = 0      # batches of the current epoch already consumed
+    skipped_steps: int = 0       # steps skipped for a non-finite loss/gradient (and fp16 scaler overflows)
+    bad_in_row: int = 0
+    best: float | None = None    # best validation value of the primary metric
+    evals_since_best: int = 0
+    stopped: str = ""            # "" while running; finished | early_stopping
+
+
+@dataclass
+class TrainResult:
+    final_dir: Path
+    state: LoopState
+    validation: dict[str, float] = field(default_factory=dict)
+    samples_per_s: float = 0.0
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _setup_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _setup_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation weights (the usual AdamW practice).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel is the fastest AdamW on CPU and CUDA alike (HF Trainer's default, adamw_torch_fused).
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak LR at ``step``: linear warm-up, then cosine / linear decay to 0, or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, max(0.0, progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _setup_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule))
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def total_steps(cfg: TrainConfig, n_train: int) -> int:
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The data order of one epoch: a permutation drawn from its own generator, so it depends only on
+    (seed, epoch) and a resumed run replays it without touching the global RNG."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict[str, Any]]:
+    """SIGINT/SIGTERM set a flag that the loop checks after each step (then it checkpoints and exits)."""
+    flag: dict[str, Any] = {"signal": None}
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if flag["signal"] is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _MetricsLog:
+    """train/metrics.jsonl (+ TensorBoard when installed)."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # On resume, drop what was logged after the checkpoint: those steps are replayed.
+        if resume_step >= 0 and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and _step_of(ln) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        elif path.exists():
+            path.unlink()
+        self.fh = open(path, "a", buffering=1)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except ImportError:  # tensorboard is an optional extra
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, ValueError):
+        return 1 << 62
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: StageEmitter,
+        resume: bool = False) -> TrainResult:
+    """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``."""
+    cfg = recipe.train
+    device = _setup_device(cfg)
+    model = prepared.model.to(device)
+    n_train = len(prepared.train_set)
+    if n_train == 0:
+        raise UserError("the training split is empty; check data.train and data.limit")
+    total = total_steps(cfg, n_train)
+    optimizer = _setup_optimizer(model, cfg, device)
+    scheduler = _setup_scheduler(optimizer, cfg, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    state = LoopState()
+
+    ckpt_io.clean_partial(run.checkpoints)
+    resumed_from = -1
+    if resume:
+        found = ckpt_io.newest_valid(run.checkpoints, warn=lambda m: emit.log(m, "warning"))
+        if found is None:
+            raise UserError(f"{run.checkpoints}: no valid checkpoint to resume from; rerun with --force to start over")
+        extra = ckpt_io.load_checkpoint(found, model, optimizer)
+        scheduler.load_state_dict(extra["scheduler"])
+        scaler.load_state_dict(extra["scaler"])
+        state = LoopState(**extra["loop"])
+        ckpt_io.restore_rng(extra["rng"])
+        resumed_from = state.step
+        emit.log(f"resumed from {found.path.name} (step {state.step}, epoch {state.epoch})")
+
+    def save() -> Path:
+        extra = {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "loop": asdict(state)}
+        path = ckpt_io.save_checkpoint(run.checkpoints, state.step, model, optimizer, extra, cfg.keep_checkpoints)
+        emit("artifact", path=str(path), what="checkpoint", step=state.step)
+        return path
+
+    log = _MetricsLog(run.metrics, resumed_from)
+    batch_size, accum = cfg.batch_size, cfg.grad_accum
+    anomaly = torch.autograd.detect_anomaly() if cfg.detect_anomaly else contextlib.nullcontext()
+    window_samples, window_tokens, window_t0 = 0, 0, time.perf_counter()
+    total_samples, total_time = 0, 0.0
+    validation: dict[str, float] = {}
+    emit("start", total=total, resumed_from=max(resumed_from, 0))
+    try:
+        with _stop_on_signals() as stop, anomaly:
+            while state.step < total and not state.stopped:
+                order = epoch_order(recipe.seed, state.epoch, n_train)
+                batches = [order[i:i + batch_size] for i in range(0, n_train, batch_size)]
+                while state.batch_in_epoch < len(batches) and state.step < total:
+                    t_step = time.perf_counter()
+                    indices = batches[state.batch_in_epoch]
+                    model.train()
+                    # Split the global batch into `accum` micro-batches; each loss is weighted by its share.
+                    micro = [indices[i::accum] for i in range(accum) if indices[i::accum]]
+                    loss_sum, tokens = 0.0, 0
+                    for part in micro:
+                        batch = _to_device(prepared.collate([prepared.train_set[i] for i in part]), device)
+                        with autocast(device, cfg.precision):
+                            out = model(**batch)
+                        loss = out.loss.float() * (len(part) / len(indices))
+                        scaler.scale(loss).backward()
+                        loss_sum += loss.item()
+                        if "attention_mask" in batch:
+                            tokens += int(batch["attention_mask"].sum())
+                    state.batch_in_epoch += 1
+
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
+                    finite = math.isfinite(loss_sum) and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm)))
+                    if not finite:
+                        # A non-finite loss/gradient: skip this step, keep the weights, count it.
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.update()
+                        state.skipped_steps += 1
+                        state.bad_in_row += 1
+                        emit.log(f"step {state.step + 1}: non-finite loss or gradient; step skipped "
+                                 f"({state.bad_in_row} in a row)", "warning")
+                        if state.bad_in_row >= cfg.max_bad_steps:
+                            last = ckpt_io.list_checkpoints(run.checkpoints)
+                            keep = last[-1].path.name if last else "none yet"
+                            raise TrainingDiverged(
+                                f"training diverged: {state.bad_in_row} non-finite steps in a row at step "
+                                f"{state.step + 1}; lower train.lr, set train.clip, or use precision = 'fp32' "
+                                f"(last good checkpoint: {keep})")
+                        continue
+                    state.bad_in_row = 0
+
+                    log_now = (state.step + 1) % cfg.log_every == 0 or state.step + 1 == total
+                    before = [p.detach().clone() for p in model.parameters()] if log_now else None
+                    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if scale_before is not None and scaler.get_scale() < scale_before:
+                        # The fp16 scaler found inf/NaN gradients and skipped the update: the LR does not advance.
+                        state.skipped_steps += 1
+                    else:
+                        scheduler.step()
+                    state.step += 1
+
+                    elapsed = time.perf_counter() - t_step
+                    window_samples += len(indices)
+                    window_tokens += tokens
+                    total_samples += len(indices)
+                    total_time += elapsed
+                    if log_now:
+                        with torch.no_grad():
+                            num = sum(float((p - b).pow(2).sum()) for p, b in zip(model.parameters(), before))
+                            den = sum(float(b.pow(2).sum()) for b in before)
+                        span = time.perf_counter() - window_t0
+                        record = {
+                            "step": state.step, "epoch": state.epoch + state.batch_in_epoch / len(batches),
+                            "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                            "update_ratio": math.sqrt(num) / max(math.sqrt(den), 1e-12),
+                            "samples_per_s": window_samples / span, "tokens_per_s": window_tokens / span,
+                            "peak_memory_mb": _peak_memory_mb(device), "skipped_steps": state.skipped_steps,
+                        }
+                        log.write(record)
+                        emit("metric", values=record)
+                        window_samples, window_tokens, window_t0 = 0, 0, time.perf_counter()
+                    emit("progress", step=state.step, total=total)
+
+                    if cfg.eval_every and state.step % cfg.eval_every == 0:
+                        validation = _validate(task, prepared, model, cfg, device, state, emit, log)
+                    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < total:
+                        save()
+                    if stop["signal"]:
+                        path = save()
+                        emit("interrupted", signal=stop["signal"], step=state.step, checkpoint=str(path))
+                        raise Interrupted(f"stopped by {stop['signal']} at step {state.step}; checkpoint "
+                                          f"{path.name} saved; rerun with --resume to continue")
+                if state.batch_in_epoch >= len(batches):
+                    if not cfg.eval_every:
+                        validation = _validate(task, prepared, model, cfg, device, state, emit, log)
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+            state.stopped = state.stopped or "finished"
+            save()
+    finally:
+        log.close()
+    if not validation and len(prepared.val_set):
+        validation = task.evaluate(model, prepared, prepared.val_set, cfg.batch_size, device)
+    return TrainResult(run.final, state, validation, total_samples / total_time if total_time else 0.0)
+
+
+def _validate(task: Task, prepared: Prepared, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+              state: LoopState, emit: StageEmitter, log: _MetricsLog) -> dict[str, float]:
+    """Validation metrics; early stopping bookkeeping (no RNG is used, so resume stays exact)."""
+    if not len(prepared.val_set):
+        return {}
+    metrics = task.evaluate(model, prepared, prepared.val_set, cfg.batch_size, device)
+    record = {"step": state.step, **{f"val_{k}": v for k, v in metrics.items()}}
+    log.write(record)
+    emit("metric", values=record)
+    value = metrics.get(prepared.primary_metric)
+    if value is not None:
+        better = state.best is None or (value > state.best if prepared.higher_is_better else value < state.best)
+        if better:
+            state.best, state.evals_since_best = value, 0
+        else:
+            state.evals_since_best += 1
+            if cfg.early_stopping and state.evals_since_best >= cfg.early_stopping:
+                state.stopped = "early_stopping"
+                emit.log(f"early stopping: validation {prepared.primary_metric} has not improved for "
+                         f"{state.evals_since_best} evaluations")
+    return metrics

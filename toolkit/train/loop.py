@@ -340,11 +340,12 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                     state.epoch += 1
                     state.batch_in_epoch = 0
             state.stopped = state.stopped or "finished"
+            if state.batch_in_epoch != 0 and not (cfg.eval_every and state.step % cfg.eval_every == 0):
+                # Training ended inside an epoch: validate the final weights too.
+                validation = _validate(task, prepared, model, cfg, device, state, emit, log)
             save()
     finally:
         log.close()
-    if not validation and len(prepared.val_set):
-        validation = task.evaluate(model, prepared, prepared.val_set, cfg.batch_size, device)
     return TrainResult(run.final, state, validation, total_samples / total_time if total_time else 0.0)
 
 

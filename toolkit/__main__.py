@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        prefix = "interrupted" if e.exit_code == 130 else "error"
+        print(f"{prefix}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

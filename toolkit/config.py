@@ -379,3 +379,18 @@ def config_hash(obj: Any) -> str:
 
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reference_markdown() -> str:
+    """The recipe reference (every key, its default and doc string) as Markdown tables, for the README."""
+    out = []
+    for section, cls in (("", Recipe), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        out.append(f"\n**{'[' + section + ']' if section else 'top level'}**\n\n| key | default | meaning |\n|---|---|---|")
+        obj = cls()
+        for name, f in fields_of(cls).items():
+            value = getattr(obj, name)
+            if dataclasses.is_dataclass(value):
+                continue
+            doc = f.metadata["doc"].replace("|", "\\|")
+            out.append(f"| `{name}` | `{_toml_value(value)}` | {doc} |")
+    return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ def recipes_dir() -> Path:
 
 def targets_dir() -> Path:
     """The folder of the packaged device profiles (targets/ in the repository)."""
-    return _folder("toolkit.targets", "targets")
+    return _folder("toolkit.target_profiles", "targets")
 
 
 def packaged_recipes() -> dict[str, Path]:

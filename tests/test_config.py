@@ -122,3 +122,11 @@ def test_core_imports_without_textual():
             "print('ok')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_readme_recipe_reference_is_current():
+    """The README's recipe reference is generated from the dataclasses; regenerate it when a key changes."""
+    from toolkit.config import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert reference_markdown().strip() in readme

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -47,16 +48,16 @@ class ConsoleDisplay:
                 self.progress.update(self.tasks[stage], metrics=shown)
             if not self.live and not self.quiet and (time.time() - self._last_plain > 2 or "val_loss" in values):
                 self._last_plain = time.time()
-                self.console.print(f"[{stage}] step {values.get('step')}  {shown}")
+                self.console.print(escape(f"[{stage}] step {values.get('step')}  {shown}"))
             elif self.live and any(k.startswith("val_") for k in values):
-                self.progress.console.print(f"[{stage}] step {values.get('step')}  {shown}")
+                self.progress.console.print(escape(f"[{stage}] step {values.get('step')}  {shown}"))
         elif kind == "log" and not self.quiet:
             style = {"warning": "yellow", "error": "red"}.get(event.get("level", "info"), "")
-            self.progress.console.print(f"[{stage}] {event['message']}", style=style)
+            self.progress.console.print(escape(f"[{stage}] {event['message']}"), style=style)
         elif kind == "skip" and not self.quiet:
-            self.progress.console.print(f"[{stage}] skipped: {event.get('reason', 'up to date')}")
+            self.progress.console.print(escape(f"[{stage}] skipped: {event.get('reason', 'up to date')}"))
         elif kind == "interrupted":
-            self.progress.console.print(f"[{stage}] interrupted at step {event.get('step')}; checkpoint saved", style="yellow")
+            self.progress.console.print(escape(f"[{stage}] interrupted at step {event.get('step')}; checkpoint saved"), style="yellow")
 
 
 def _fmt(v: Any) -> str:

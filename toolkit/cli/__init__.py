@@ -6,4 +6,4 @@ are absent, not stubs.
 """
 from __future__ import annotations
 
-COMMANDS: list[str] = ["run", "train"]
+COMMANDS: list[str] = ["run", "train", "score", "targets", "bench"]

@@ -1,0 +1,136 @@
+"""``python -m toolkit bench MODEL_FILE``: measure a model file's latency on this machine.
+
+The runtime follows the file (.onnx/.ort → onnxruntime, .pte → executorch, .pt2/.ts → torch) unless
+``--runtime`` says otherwise; ``--target`` takes the profile's threads and preferred runtime. Prints a short
+table, or with ``--json`` one JSON object with DESIGN.md's latency fields (p50_ms, p90_ms, p99_ms, mean_ms,
+throughput, threads, runtime) and the extras.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from toolkit.errors import UserError
+
+HELP = "measure a model file's latency (p50/p90/p99, throughput, first inference, peak memory)"
+
+# A target's preferred runtime → the runner that loads its format here.
+_TARGET_RUNTIME = {"ort-mobile": "onnxruntime"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Numbers are checked in the harness, not by argparse, so a bad value gets one line naming the flag.
+    from toolkit.eval.backends import EXTENSIONS, RUNNERS  # the registry (numpy only; no runtime imported)
+
+    p.add_argument("model", metavar="MODEL_FILE", help=f"model file: {', '.join(EXTENSIONS)}")
+    p.add_argument("--target", metavar="NAME", help="device profile whose threads and runtime to use (e.g. host)")
+    p.add_argument("--runtime", metavar="NAME",
+                   help=f"{' | '.join(RUNNERS)} (default: from the file extension)")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for the runtime (default: the target's, "
+                   "else this machine's usable CPUs)")
+    p.add_argument("--batch", type=int, metavar="B", help="batch size for dynamic batch axes (default 1)")
+    p.add_argument("--seq-len", type=int, metavar="S", help="sequence length for dynamic axes (default 64)")
+    p.add_argument("--runs", type=int, metavar="N", help="timed runs (default 200; with --seconds: at least N)")
+    p.add_argument("--seconds", type=float, metavar="T", help="time runs for T seconds instead of a count")
+    p.add_argument("--warmup", type=int, default=20, metavar="W", help="runs discarded first (default 20)")
+    p.add_argument("--provider", action="append", metavar="EP",
+                   help="ONNX Runtime execution provider, in order of preference (repeatable; default CPU)")
+    p.add_argument("--affinity", metavar="CPUS", help="pin the measuring process to these CPUs, e.g. 0-3 or 0,2")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs (default 0)")
+    p.add_argument("--vocab-size", type=int, metavar="V",
+                   help="synthetic token ids in [0, V) (default: below the model's embedding table where it shows "
+                        "one, else 1..99)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--samples", action="store_true", help="with --json: include every per-call time (ns)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from toolkit.eval.backends import runtime_for
+    from toolkit.eval.latency import benchmark
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {args.threads})")
+    threads, runtime, target_name = args.threads, args.runtime, None
+    if args.target:
+        target = _load_target(args.target)
+        target_name = target.name
+        threads = threads or target.threads
+        if runtime is None:
+            try:
+                runtime = runtime_for(args.model)
+            except UserError:
+                runtime = _TARGET_RUNTIME.get(target.runtime, target.runtime)
+        if target.name != "host":
+            print(f"note: measured on this machine with target '{target.name}''s threads ({threads}); "
+                  "measuring on the device itself comes with remote runners", file=sys.stderr)
+    options: dict[str, Any] = {}
+    if args.provider:
+        options["providers"] = args.provider
+    result = benchmark(
+        args.model, runtime=runtime, threads=threads, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup,
+        runs=args.runs, seconds=args.seconds, affinity=_parse_cpus(args.affinity) if args.affinity else None,
+        options=options, seed=args.seed, vocab_size=args.vocab_size, target=target_name,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(samples=args.samples), indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+def _load_target(name: str) -> Any:
+    try:
+        from toolkit.targets import load_target
+    except ImportError:  # profiles not built yet: only the host is known
+        if name != "host":
+            raise UserError(f"unknown target '{name}'; known: host") from None
+        return SimpleNamespace(name="host", threads=os.cpu_count() or 1, runtime="onnxruntime")
+    return load_target(name)
+
+
+def _parse_cpus(text: str) -> list[int]:
+    """'0-3,6' → [0, 1, 2, 3, 6]."""
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-")
+                cpus.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                cpus.append(int(part))
+    except ValueError:
+        raise UserError(f"--affinity {text}: give CPU ids like 0-3 or 0,2") from None
+    if not cpus:
+        raise UserError(f"--affinity {text}: give CPU ids like 0-3 or 0,2")
+    return cpus
+
+
+def _print_table(r: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    size = f"{r.model_size_bytes / 2**20:.2f} MiB" if r.model_size_bytes is not None else "-"
+    seq = f" × {r.seq_len}" if r.seq_len else ""
+    table = Table(title=f"{r.model}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("runtime", f"{r.runtime}, {r.threads} thread{'s' if r.threads != 1 else ''}"
+                    + (f", target {r.target}" if r.target else "")),
+        ("inputs", f"{r.inputs}, batch {r.batch}{seq}"),
+        ("runs", f"{r.runs} timed ({r.duration_s:.3g} s) after {r.warmup} warm-up"),
+        ("p50 / p90 / p99", f"{r.p50_ms:.3f} / {r.p90_ms:.3f} / {r.p99_ms:.3f} ms"),
+        ("mean ± std", f"{r.mean_ms:.3f} ± {r.std_ms:.3f} ms (min {r.min_ms:.3f}, max {r.max_ms:.3f})"),
+        ("throughput", f"{r.throughput:.1f} samples/s"),
+        ("first inference", f"{r.first_inference_ms:.1f} ms (load {r.load_ms:.1f} + first run {r.first_run_ms:.1f})"),
+        ("peak RSS", f"{r.peak_rss_mb:.1f} MiB (process peak, ru_maxrss)"),
+        ("model size", size),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)

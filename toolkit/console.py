@@ -56,7 +56,7 @@ class ConsoleDisplay:
             self.progress.console.print(escape(f"[{stage}] {event['message']}"), style=style)
         elif kind == "skip" and not self.quiet:
             self.progress.console.print(escape(f"[{stage}] skipped: {event.get('reason', 'up to date')}"))
-        elif kind == "interrupted":
+        elif kind == "interrupted" and not self.quiet:
             self.progress.console.print(escape(f"[{stage}] interrupted at step {event.get('step')}; checkpoint saved"), style="yellow")
 
 

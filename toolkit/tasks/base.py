@@ -36,6 +36,14 @@ class Prepared:
     preprocess.json) that from_pretrained and other tools load"""
     info: dict[str, Any] = field(default_factory=dict)
     """what was built: model class, parameter count, tokenizer (trained or loaded), vocab size"""
+    # Added after the first version; all optional, so older constructors keep working.
+    tokenizer: Any = None
+    """the text tokenizer (a transformers tokenizer) or None for images: export and eval need it"""
+    labels: list[str] = field(default_factory=list)
+    """class names in id order (classification; usually ``Splits.labels``, but a loaded model folder's
+    own order wins when it holds the same classes)"""
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    """what ``save`` writes to preprocess.json (max_length, image size and scale, ...)"""
 
 
 class Task(Protocol):

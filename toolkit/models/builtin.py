@@ -1,0 +1,152 @@
+"""Built-in small models, trained from scratch: bert-tiny, gpt2-tiny, bart-tiny (Hugging Face configs) and
+cnn-small (our CNN). ``model.hidden_size / layers / heads`` override the defaults when > 0; the dropout
+comes from ``train.dropout``; attention is "eager" so the models export to ONNX and ExecuTorch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.config import Recipe
+from toolkit.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    task: str
+    tokenizer: str | None
+    """tokenizer kind trained for it (toolkit.models.tokenizer.KINDS), None for images"""
+    hidden: int
+    layers: int
+
+
+BUILTINS: dict[str, Builtin] = {b.name: b for b in (
+    Builtin("bert-tiny", "text-classification", "bert", hidden=128, layers=2),
+    Builtin("gpt2-tiny", "language-modeling", "gpt2", hidden=128, layers=2),
+    Builtin("bart-tiny", "seq2seq", "bart", hidden=128, layers=2),
+    # cnn-small: hidden is the last block's width, layers the number of depthwise-separable blocks.
+    Builtin("cnn-small", "image-classification", None, hidden=64, layers=2),
+)}
+DEFAULT_FOR_TASK = {b.task: b.name for b in BUILTINS.values()}
+# Positions are at least this, so a latency run at the usual seq_len fits even with a short max_length.
+MIN_POSITIONS = 128
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: a built-in (by name) or a local folder."""
+
+    kind: str
+    """"builtin" | "dir" """
+    name: str
+    """the built-in's name, or the folder as a string"""
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        return f"builtin:{self.name}" if self.kind == "builtin" else self.name
+
+
+def resolve_source(recipe: Recipe) -> ModelSource:
+    """``recipe.model.source`` as a ModelSource (empty: the task's built-in).
+
+    Raises:
+        UserError: an unknown built-in, a built-in of another task, or an .onnx file.
+    """
+    src = recipe.model.source.strip()
+    if not src:
+        return ModelSource("builtin", DEFAULT_FOR_TASK[recipe.task])
+    if src.startswith("builtin:"):
+        name = src.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise UserError(f"model.source = '{src}': no such built-in model{did_you_mean(name, list(BUILTINS))}")
+        if BUILTINS[name].task != recipe.task:
+            raise UserError(f"model.source = '{src}' is a {BUILTINS[name].task} model; for task '{recipe.task}' "
+                            f"use builtin:{DEFAULT_FOR_TASK[recipe.task]} or a folder")
+        return ModelSource("builtin", name)
+    path = recipe.resolve_path(src)
+    if path.suffix.lower() == ".onnx":
+        raise UserError(f"model.source = '{src}': an .onnx file has no PyTorch weights to train or evaluate here; "
+                        f"point model.source at a Hugging Face folder (save_pretrained) or a builtin:<name>")
+    return ModelSource("dir", str(path), path)
+
+
+def dims(recipe: Recipe, name: str) -> tuple[int, int, int]:
+    """(hidden, layers, heads) of a built-in, with the recipe's overrides. Heads default to hidden / 64
+    (at least 2)."""
+    b, m = BUILTINS[name], recipe.model
+    hidden = m.hidden_size if m.hidden_size > 0 else b.hidden
+    layers = m.layers if m.layers > 0 else b.layers
+    heads = m.heads if m.heads > 0 else max(2, hidden // 64)
+    if b.tokenizer is not None and hidden % heads:
+        raise UserError(f"model.hidden_size = {hidden} is not divisible by model.heads = {heads}: "
+                        f"pick a width that is a multiple of the head count")
+    return hidden, layers, heads
+
+
+def max_positions(recipe: Recipe) -> int:
+    return max(recipe.data.max_length, MIN_POSITIONS)
+
+
+def bert_tiny(recipe: Recipe, tokenizer: Any, labels: list[str]):
+    """BertForSequenceClassification: 2 layers, hidden 128, intermediate 4 x hidden by default."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    hidden, layers, heads = dims(recipe, "bert-tiny")
+    p = recipe.train.dropout
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=max_positions(recipe), type_vocab_size=2,
+        hidden_dropout_prob=p, attention_probs_dropout_prob=p, pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+
+
+def gpt2_tiny(recipe: Recipe, tokenizer: Any):
+    """GPT2LMHeadModel: 2 layers, 128 wide by default; <|endoftext|> is bos, eos and pad."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    hidden, layers, heads = dims(recipe, "gpt2-tiny")
+    p = recipe.train.dropout
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=max_positions(recipe), n_embd=hidden, n_layer=layers, n_head=heads,
+        n_inner=4 * hidden, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+
+def bart_tiny(recipe: Recipe, tokenizer: Any):
+    """BartForConditionalGeneration: 2 encoder + 2 decoder layers, d_model 128 by default."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig
+
+    hidden, layers, heads = dims(recipe, "bart-tiny")
+    p = recipe.train.dropout
+    config = BartConfig(
+        vocab_size=len(tokenizer), d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * hidden,
+        decoder_ffn_dim=4 * hidden, max_position_embeddings=max_positions(recipe), dropout=p,
+        attention_dropout=p, activation_dropout=0.0, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+        forced_bos_token_id=None)
+    return AutoModelForSeq2SeqLM.from_config(config, attn_implementation="eager")
+
+
+def cnn_widths(recipe: Recipe) -> list[int]:
+    """Stem width then one width per block, doubling up to model.hidden_size (default 16, 32, 64)."""
+    hidden, blocks, _ = dims(recipe, "cnn-small")
+    return [max(8, hidden >> (blocks - i)) for i in range(blocks + 1)]
+
+
+def cnn_small(recipe: Recipe, in_channels: int, image_size: list[int], labels: list[str]):
+    """EdgeCNNForImageClassification sized for ``image_size`` (H, W)."""
+    from toolkit.models.cnn import EdgeCNNConfig, EdgeCNNForImageClassification, default_strides
+
+    widths = cnn_widths(recipe)
+    config = EdgeCNNConfig(
+        in_channels=in_channels, widths=widths, strides=default_strides(min(image_size), len(widths)),
+        image_size=list(image_size), dropout=recipe.train.dropout, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    return EdgeCNNForImageClassification(config)

@@ -197,3 +197,24 @@ def test_sigint_checkpoints_and_raises_interrupted(tmp_path):
     with pytest.raises(Interrupted, match="SIGINT at step 7"):
         _train(tmp_path, prepared=prep, max_steps=20, checkpoint_every=100)
     assert [c.step for c in ckpt_io.list_checkpoints(tmp_path / "run/train/checkpoints")] == [7]
+
+
+def test_deferred_bookkeeping_gives_the_same_training(tmp_path):
+    """The CUDA path (each step booked one step late, skips done on the device) on the CPU: same weights,
+    losses, skip counts and checkpoints as booking every step at once."""
+    results = {}
+    for defer in (False, True):
+        recipe = toy_recipe(max_steps=20, checkpoint_every=7, log_every=4)
+        seed_everything(recipe.seed, True)
+        prep = toy_prepared()
+        prep.model.nan_calls = {5, 11}
+        run = RunDir(tmp_path / f"defer-{defer}")
+        res = fit(recipe, ToyTask(), prep, run, null_emitter("train"), defer=defer)
+        rows = [json.loads(l) for l in run.metrics.read_text().splitlines()]
+        results[defer] = (prep.model.state_dict(), res.state.skipped_steps, rows,
+                          [c.step for c in ckpt_io.list_checkpoints(run.checkpoints)])
+    (wa, sa, ra, ca), (wb, sb, rb, cb) = results[False], results[True]
+    assert sa == sb == 2 and ca == cb
+    assert [(r["step"], r.get("loss"), r.get("lr")) for r in ra] == [(r["step"], r.get("loss"), r.get("lr")) for r in rb]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

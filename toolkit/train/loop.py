@@ -204,8 +204,11 @@ def _step_of(line: str) -> int:
 # ---- the loop -----------------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: StageEmitter,
-        resume: bool = False) -> TrainResult:
-    """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``."""
+        resume: bool = False, defer: bool | None = None) -> TrainResult:
+    """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``.
+
+    ``defer`` (default: on CUDA) books each step one step late so the host never waits for the device.
+    """
     cfg = recipe.train
     device = _setup_device(cfg)
     model = prepared.model.to(device)
@@ -241,90 +244,128 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
     log = _MetricsLog(run.metrics, resumed_from)
     batch_size, accum = cfg.batch_size, cfg.grad_accum
     anomaly = torch.autograd.detect_anomaly() if cfg.detect_anomaly else contextlib.nullcontext()
-    window_samples, window_tokens, window_t0 = 0, 0, time.perf_counter()
-    total_samples, total_time = 0, 0.0
+    # On CUDA a step's bookkeeping (was it finite? advance the LR, log) is read one step late, so the host
+    # never waits for the GPU mid-run; a non-finite step is skipped on the device by the fused AdamW kernel
+    # (found_inf), exactly as the fp16 GradScaler does. Steps that checkpoint, log or validate settle at once.
+    defer = device.type == "cuda" if defer is None else defer
+    meter = {"samples": 0, "tokens": 0, "t0": time.perf_counter(), "total_samples": 0, "total_time": 0.0}
+    pending: dict[str, Any] | None = None
     validation: dict[str, float] = {}
     emit("start", total=total, resumed_from=max(resumed_from, 0))
+
+    def settle() -> None:
+        """Book the newest launched step: skip-count it or advance the schedule; log; report progress."""
+        nonlocal pending
+        p, pending = pending, None
+        if p["event"] is not None:
+            p["event"].synchronize()
+        loss_v, norm_v = (float(x) for x in p["stats"])
+        if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+            # Skipped on the device (weights and optimizer state untouched); the LR does not advance.
+            state.skipped_steps += 1
+            if cfg.precision == "fp16" and math.isfinite(loss_v):
+                return  # an fp16 overflow: the scaler lowers its scale; not a sign of divergence
+            state.bad_in_row += 1
+            emit.log(f"step {state.step + 1}: non-finite loss or gradient; step skipped "
+                     f"({state.bad_in_row} in a row)", "warning")
+            if state.bad_in_row >= cfg.max_bad_steps:
+                last = ckpt_io.list_checkpoints(run.checkpoints)
+                raise TrainingDiverged(
+                    f"training diverged: {state.bad_in_row} non-finite steps in a row at step {state.step + 1}; "
+                    f"lower train.lr, set train.clip, or use precision = 'fp32' "
+                    f"(last good checkpoint: {last[-1].path.name if last else 'none yet'})")
+            return
+        state.bad_in_row = 0
+        scheduler.step()
+        state.step += 1
+        meter["samples"] += p["samples"]
+        meter["tokens"] += p["tokens"]
+        meter["total_samples"] += p["samples"]
+        meter["total_time"] += time.perf_counter() - p["t"]
+        if p["before"] is not None:
+            with torch.no_grad():
+                num = sum(float((q - b).pow(2).sum()) for q, b in zip(model.parameters(), p["before"]))
+                den = sum(float(b.pow(2).sum()) for b in p["before"])
+            span = time.perf_counter() - meter["t0"]
+            record = {
+                "step": state.step, "epoch": state.epoch + p["epoch_fraction"], "loss": loss_v,
+                "lr": p["lr"], "grad_norm": norm_v, "update_ratio": math.sqrt(num) / max(math.sqrt(den), 1e-12),
+                "samples_per_s": meter["samples"] / span, "tokens_per_s": meter["tokens"] / span,
+                "peak_memory_mb": _peak_memory_mb(device), "skipped_steps": state.skipped_steps,
+            }
+            log.write(record)
+            emit("metric", values=record)
+            meter.update(samples=0, tokens=0, t0=time.perf_counter())
+        emit("progress", step=state.step, total=total)
+
     try:
         with _stop_on_signals() as stop, anomaly:
-            while state.step < total and not state.stopped:
+            while state.step + (pending is not None) < total and not state.stopped:
                 order = epoch_order(recipe.seed, state.epoch, n_train)
                 batches = [order[i:i + batch_size] for i in range(0, n_train, batch_size)]
-                while state.batch_in_epoch < len(batches) and state.step < total:
+                while state.batch_in_epoch < len(batches) and state.step + (pending is not None) < total:
                     t_step = time.perf_counter()
                     indices = batches[state.batch_in_epoch]
                     model.train()
                     # Split the global batch into `accum` micro-batches; each loss is weighted by its share.
                     micro = [indices[i::accum] for i in range(accum) if indices[i::accum]]
-                    loss_sum, tokens = 0.0, 0
+                    loss_sum = torch.zeros((), device=device)
+                    tokens = 0
                     for part in micro:
-                        batch = _to_device(prepared.collate([prepared.train_set[i] for i in part]), device)
+                        batch = prepared.collate([prepared.train_set[i] for i in part])
+                        if "attention_mask" in batch:
+                            tokens += int(batch["attention_mask"].sum())  # counted on the host: no sync
+                        batch = _to_device(batch, device)
                         with autocast(device, cfg.precision):
                             out = model(**batch)
                         loss = out.loss.float() * (len(part) / len(indices))
                         scaler.scale(loss).backward()
-                        loss_sum += loss.item()
-                        if "attention_mask" in batch:
-                            tokens += int(batch["attention_mask"].sum())
+                        loss_sum += loss.detach()
                     state.batch_in_epoch += 1
 
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         model.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
-                    finite = math.isfinite(loss_sum) and (cfg.precision == "fp16" or bool(torch.isfinite(grad_norm)))
-                    if not finite:
-                        # A non-finite loss/gradient: skip this step, keep the weights, count it.
-                        optimizer.zero_grad(set_to_none=True)
+                    stats = torch.stack([loss_sum, grad_norm.detach().float().to(device)])  # (2,) on the device
+                    if pending is not None:
+                        settle()  # the previous step: sets this step's LR before its optimizer step
+
+                    # Decide now whether this step needs the host afterwards (log, checkpoint, validate, stop).
+                    upcoming = state.step + 1
+                    sync_now = (not defer or upcoming % cfg.log_every == 0 or upcoming == total
+                                or bool(stop["signal"])
+                                or (cfg.eval_every and upcoming % cfg.eval_every == 0)
+                                or (cfg.checkpoint_every and upcoming % cfg.checkpoint_every == 0)
+                                or state.batch_in_epoch == len(batches))
+                    log_now = upcoming % cfg.log_every == 0 or upcoming == total
+                    before = [q.detach().clone() for q in model.parameters()] if log_now else None
+                    lr_now = scheduler.get_last_lr()[0]
+                    if scaler.is_enabled():
+                        scaler.step(optimizer)  # fused AdamW: skipped on the device when found_inf
                         scaler.update()
-                        state.skipped_steps += 1
-                        state.bad_in_row += 1
-                        emit.log(f"step {state.step + 1}: non-finite loss or gradient; step skipped "
-                                 f"({state.bad_in_row} in a row)", "warning")
-                        if state.bad_in_row >= cfg.max_bad_steps:
-                            last = ckpt_io.list_checkpoints(run.checkpoints)
-                            keep = last[-1].path.name if last else "none yet"
-                            raise TrainingDiverged(
-                                f"training diverged: {state.bad_in_row} non-finite steps in a row at step "
-                                f"{state.step + 1}; lower train.lr, set train.clip, or use precision = 'fp32' "
-                                f"(last good checkpoint: {keep})")
-                        continue
-                    state.bad_in_row = 0
-
-                    log_now = (state.step + 1) % cfg.log_every == 0 or state.step + 1 == total
-                    before = [p.detach().clone() for p in model.parameters()] if log_now else None
-                    scale_before = scaler.get_scale() if scaler.is_enabled() else None
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    if scale_before is not None and scaler.get_scale() < scale_before:
-                        # The fp16 scaler found inf/NaN gradients and skipped the update: the LR does not advance.
-                        state.skipped_steps += 1
                     else:
-                        scheduler.step()
-                    state.step += 1
+                        optimizer.found_inf = (~torch.isfinite(stats).all()).float()
+                        optimizer.grad_scale = None
+                        optimizer.step()
+                        del optimizer.found_inf, optimizer.grad_scale
+                    optimizer.zero_grad(set_to_none=True)
 
-                    elapsed = time.perf_counter() - t_step
-                    window_samples += len(indices)
-                    window_tokens += tokens
-                    total_samples += len(indices)
-                    total_time += elapsed
-                    if log_now:
-                        with torch.no_grad():
-                            num = sum(float((p - b).pow(2).sum()) for p, b in zip(model.parameters(), before))
-                            den = sum(float(b.pow(2).sum()) for b in before)
-                        span = time.perf_counter() - window_t0
-                        record = {
-                            "step": state.step, "epoch": state.epoch + state.batch_in_epoch / len(batches),
-                            "loss": loss_sum, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                            "update_ratio": math.sqrt(num) / max(math.sqrt(den), 1e-12),
-                            "samples_per_s": window_samples / span, "tokens_per_s": window_tokens / span,
-                            "peak_memory_mb": _peak_memory_mb(device), "skipped_steps": state.skipped_steps,
-                        }
-                        log.write(record)
-                        emit("metric", values=record)
-                        window_samples, window_tokens, window_t0 = 0, 0, time.perf_counter()
-                    emit("progress", step=state.step, total=total)
-
+                    event = None
+                    if device.type == "cuda":
+                        host = torch.empty(2, pin_memory=True)
+                        host.copy_(stats, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                        stats = host
+                    pending = {"stats": stats, "event": event, "samples": len(indices), "tokens": tokens,
+                               "t": t_step, "before": before, "lr": lr_now,
+                               "epoch_fraction": state.batch_in_epoch / len(batches)}
+                    if not sync_now:
+                        continue
+                    step_before = state.step
+                    settle()
+                    if state.step == step_before:
+                        continue  # skipped: no boundary reached
                     if cfg.eval_every and state.step % cfg.eval_every == 0:
                         validation = _validate(task, prepared, model, cfg, device, state, emit, log)
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < total:
@@ -334,11 +375,15 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                         emit("interrupted", signal=stop["signal"], step=state.step, checkpoint=str(path))
                         raise Interrupted(f"stopped by {stop['signal']} at step {state.step}; checkpoint "
                                           f"{path.name} saved; rerun with --resume to continue")
+                if pending is not None:
+                    settle()
                 if state.batch_in_epoch >= len(batches):
                     if not cfg.eval_every:
                         validation = _validate(task, prepared, model, cfg, device, state, emit, log)
                     state.epoch += 1
                     state.batch_in_epoch = 0
+            if pending is not None:
+                settle()
             state.stopped = state.stopped or "finished"
             if state.batch_in_epoch != 0 and not (cfg.eval_every and state.step % cfg.eval_every == 0):
                 # Training ended inside an epoch: validate the final weights too.
@@ -346,7 +391,8 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
             save()
     finally:
         log.close()
-    return TrainResult(run.final, state, validation, total_samples / total_time if total_time else 0.0)
+    speed = meter["total_samples"] / meter["total_time"] if meter["total_time"] else 0.0
+    return TrainResult(run.final, state, validation, speed)
 
 
 def _validate(task: Task, prepared: Prepared, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,

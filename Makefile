@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install clean readme
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+readme: $(STAMP)
+	$(PY) tools/update_readme.py

@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 CLEAN_STEPS = ("html", "control", "whitespace", "lower", "punct", "dedup", "pii")
 AUGMENTATIONS = ("shift", "rotate", "noise")
+EXPORT_FORMATS = ("onnx", "ort", "pte", "torchscript")
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
@@ -56,7 +57,7 @@ class DataConfig:
 class ModelConfig:
     """[model]: what is trained or compressed."""
 
-    source: str = _f("", "a local Hugging Face model directory, or builtin:<name> (bert-tiny | gpt2-tiny | t5-tiny | cnn-small); empty: the task's built-in")
+    source: str = _f("", "a local Hugging Face model directory, an .onnx file (compression only), or builtin:<name> (bert-tiny | gpt2-tiny | bart-tiny | cnn-small); empty: the task's built-in")
     hidden_size: int = _f(0, "built-in models: width (0 = the built-in's default)")
     layers: int = _f(0, "built-in models: number of layers (0 = default)")
     heads: int = _f(0, "built-in models: attention heads (0 = default)")
@@ -92,6 +93,43 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    """[export]: the deployable files made for every variant."""
+
+    formats: list[str] = _f(["onnx", "ort"], "onnx | ort (ONNX Runtime Mobile) | pte (ExecuTorch, extra 'executorch') | torchscript")
+    opset: int = _f(18, "ONNX opset")
+    atol: float = _f(1e-4, "float exports must match PyTorch within this absolute difference")
+    min_agreement: float = _f(0.95, "lossy (INT8/FP16) exports: minimum agreement of predicted labels/tokens with the parent")
+    min_cosine: float = _f(0.98, "lossy exports: minimum mean cosine similarity of logits with the parent")
+    verify_samples: int = _f(32, "eval samples used to verify each export")
+
+
+@dataclass
+class LatencyConfig:
+    """[eval.latency]: how latency is measured."""
+
+    batch: int = _f(1, "batch size of the timed inputs")
+    seq_len: int = _f(64, "sequence length of the timed inputs (text models)")
+    warmup: int = _f(20, "untimed runs first")
+    runs: int = _f(200, "timed runs")
+    threads: int = _f(0, "threads (0 = the target profile's)")
+
+
+@dataclass
+class EvalConfig:
+    """[eval]: quality metrics and latency of every variant."""
+
+    targets: list[str] = _f(["host"], "device profiles to report latency for (measured where reachable, else estimated)")
+    max_quality_drop: float = _f(0.01, "the recommendation's budget: largest drop of the main metric vs the baseline (fraction, or points/100)")
+    latency: LatencyConfig = field(default_factory=LatencyConfig, metadata={"doc": "latency measurement"})
+    robustness: bool = _f(False, "also evaluate under perturbations (text: swaps, drops, casing; images: noise, shifts)")
+    max_new_tokens: int = _f(32, "generation (seq2seq, language modelling): tokens to generate")
+    num_beams: int = _f(1, "generation: 1 = greedy, >1 = beam search")
+    perplexity_stride: int = _f(0, "perplexity: sliding-window stride (0 = half the window)")
+    limit: int = _f(0, "evaluate at most this many eval examples (0 = all)")
+
+
+@dataclass
 class Recipe:
     """A recipe: one run of the toolkit (DESIGN.md)."""
 
@@ -102,6 +140,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "training"})
+    compress: list[dict] = field(default_factory=list, metadata={"doc": "compression steps, in order ([[compress]] tables; keys per method)"})
+    export: ExportConfig = field(default_factory=ExportConfig, metadata={"doc": "export"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
     # Where the recipe was read from: relative data paths resolve against its folder.
     source_path: str = field(default="", metadata={"doc": "internal", "internal": True}, compare=False)
 
@@ -145,7 +186,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "a table"}.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -161,6 +203,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, list):
             (item,) = typing.get_args(tp)
             return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -291,6 +336,37 @@ def validate(recipe: Recipe, file: str) -> None:
             raise UserError(f"{file}: data.augment: unknown step '{step}'{did_you_mean(step, list(AUGMENTATIONS))}")
     if isinstance(d.header, str) and d.header != "auto":
         raise bad("data.header", d.header, "must be true, false or \"auto\"")
+    e, x = recipe.eval, recipe.export
+    for fmt in x.formats:
+        if fmt not in EXPORT_FORMATS:
+            raise UserError(f"{file}: export.formats: unknown format '{fmt}'{did_you_mean(fmt, list(EXPORT_FORMATS))}")
+    more = [
+        ("export.opset", x.opset, 13 <= x.opset <= 23, "must be between 13 and 23"),
+        ("export.atol", x.atol, x.atol > 0, "must be > 0"),
+        ("export.min_agreement", x.min_agreement, 0 <= x.min_agreement <= 1, "must be in [0, 1]"),
+        ("export.min_cosine", x.min_cosine, -1 <= x.min_cosine <= 1, "must be in [-1, 1]"),
+        ("export.verify_samples", x.verify_samples, x.verify_samples >= 1, "must be at least 1"),
+        ("eval.max_quality_drop", e.max_quality_drop, 0 <= e.max_quality_drop < 1, "must be in [0, 1)"),
+        ("eval.latency.batch", e.latency.batch, e.latency.batch >= 1, "must be at least 1"),
+        ("eval.latency.seq_len", e.latency.seq_len, e.latency.seq_len >= 1, "must be at least 1"),
+        ("eval.latency.warmup", e.latency.warmup, e.latency.warmup >= 0, "must be >= 0"),
+        ("eval.latency.runs", e.latency.runs, e.latency.runs >= 1, "must be at least 1"),
+        ("eval.latency.threads", e.latency.threads, e.latency.threads >= 0, "must be >= 0"),
+        ("eval.max_new_tokens", e.max_new_tokens, e.max_new_tokens >= 1, "must be at least 1"),
+        ("eval.num_beams", e.num_beams, e.num_beams >= 1, "must be at least 1"),
+        ("eval.perplexity_stride", e.perplexity_stride, e.perplexity_stride >= 0, "must be >= 0"),
+        ("eval.limit", e.limit, e.limit >= 0, "must be >= 0"),
+    ]
+    for key, value, ok, why in more:
+        if not ok:
+            raise bad(key, value, why)
+    if not e.targets:
+        raise bad("eval.targets", e.targets, "name at least one target, e.g. [\"host\"]")
+    if recipe.compress:
+        # Each method's keys are checked by its own config dataclass (the compression registry).
+        from toolkit.compress.registry import parse_steps
+
+        parse_steps(recipe.compress, file)
     for key in ("train", "validation", "eval"):
         value = getattr(d, key)
         if isinstance(value, list) and len(value) != 2:
@@ -339,15 +415,28 @@ def dumps_toml(recipe: Recipe) -> str:
     """The resolved recipe as TOML text (every default filled in)."""
     lines: list[str] = []
     tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
     for key, value in to_dict(recipe).items():
         if isinstance(value, dict):
             tables.append((key, value))
-        else:
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        elif not (isinstance(value, list) and not value and key == "compress"):
             lines.append(f"{key} = {_toml_value(value)}")
     for name, table in tables:
         lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    for name, items in arrays:
+        for item in items:
+            lines.append(f"\n[[{name}]]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(k: str) -> str:
+    import re
+
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k.replace('"', '\\"') + '"'
 
 
 def _toml_value(v: Any) -> str:
@@ -361,6 +450,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -384,12 +475,13 @@ def config_hash(obj: Any) -> str:
 def reference_markdown() -> str:
     """The recipe reference (every key, its default and doc string) as Markdown tables, for the README."""
     out = []
-    for section, cls in (("", Recipe), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+    for section, cls in (("", Recipe), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+                         ("export", ExportConfig), ("eval", EvalConfig), ("eval.latency", LatencyConfig)):
         out.append(f"\n**{'[' + section + ']' if section else 'top level'}**\n\n| key | default | meaning |\n|---|---|---|")
         obj = cls()
         for name, f in fields_of(cls).items():
             value = getattr(obj, name)
-            if dataclasses.is_dataclass(value):
+            if dataclasses.is_dataclass(value) or name == "compress":
                 continue
             doc = f.metadata["doc"].replace("|", "\\|")
             out.append(f"| `{name}` | `{_toml_value(value)}` | {doc} |")

@@ -55,6 +55,8 @@ def run_train(recipe: Recipe, run: RunDir, emit: StageEmitter, resume: bool = Fa
         raise UserError(f"{run.checkpoints}: the checkpoints were made with other data/model/train settings than "
                         f"this recipe's; undo the change to resume, or use --force to start over")
     update_manifest(run, train_config_hash=chash)
+    if recipe.model.source.endswith(".onnx"):
+        return _onnx_base(recipe, run, emit)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     seed_everything(recipe.seed, recipe.train.deterministic)
@@ -80,6 +82,10 @@ def run_train(recipe: Recipe, run: RunDir, emit: StageEmitter, resume: bool = Fa
     base = run.variant("base") / "model"
     with atomic_dir(base) as tmp:
         shutil.copytree(run.final, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+    from toolkit.compress.registry import Variant
+
+    Variant(name="base", parent=None, method="train", path=run.variant("base"), model_dir=base,
+            info={k: v for k, v in prepared.info.items() if isinstance(v, (str, int, float, bool, type(None)))}).save()
     record_artifact(run, "base", "variant", base, STAGE, parent=None, config_hash=chash, method="train")
     if result is not None:
         update_manifest(run, train={"steps": result.state.step, "skipped_steps": result.state.skipped_steps,
@@ -88,6 +94,27 @@ def run_train(recipe: Recipe, run: RunDir, emit: StageEmitter, resume: bool = Fa
     emit("artifact", path=str(run.final), what="model")
     emit("done", final=str(run.final), validation=result.validation if result else {})
     return result
+
+
+def _onnx_base(recipe: Recipe, run: RunDir, emit: StageEmitter) -> None:
+    """An .onnx model.source: no training; it becomes the baseline variant for the ONNX Runtime methods."""
+    from toolkit.compress.registry import Variant
+    from toolkit.rundir import atomic_write_bytes
+
+    src = recipe.resolve_path(recipe.model.source)
+    if recipe.train.enabled:
+        raise UserError(f"model.source = {recipe.model.source}: an ONNX file cannot be trained; "
+                        f"set [train] enabled = false to compress it as given")
+    if not src.is_file():
+        raise UserError(f"{src}: no such ONNX file; check model.source in the recipe")
+    target = run.variant("base") / "model.onnx"
+    atomic_write_bytes(target, src.read_bytes())
+    Variant(name="base", parent=None, method="given", path=run.variant("base"), onnx=target,
+            info={"source": str(src)}).save()
+    record_artifact(run, "base", "variant", target, STAGE, parent=None, config_hash=train_config_hash(recipe),
+                    method="given")
+    emit("done", final=str(target), validation={})
+    return None
 
 
 def _link_or_copy(src: str, dst: str) -> str:

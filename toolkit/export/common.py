@@ -201,7 +201,7 @@ def default_inputs(model: torch.nn.Module, task: str, batch: int = 2, seq_len: i
     cfg = getattr(model, "config", None)
     gen = torch.Generator().manual_seed(0)
     if task == "image-classification":
-        channels = getattr(cfg, "num_channels", None)
+        channels = getattr(cfg, "num_channels", None) or getattr(cfg, "in_channels", None)
         size = getattr(cfg, "image_size", None)
         if channels is None or size is None:
             raise UserError("export: the image model's config has no num_channels/image_size; pass example_inputs "

@@ -1,0 +1,58 @@
+"""Classify one input with an exported bundle in ONNX Runtime: the files `python -m toolkit export` writes.
+
+    python examples/onnxruntime_classify.py runs/sst2/variants/base "a gripping, well acted film"
+    python examples/onnxruntime_classify.py runs/demo/variants/int8 digit.png      # or a .npy of raw pixels
+
+The bundle folder holds model.onnx, preprocess.json (task, max_length / image size and scale), labels.json and,
+for text, tokenizer.json. Needs only numpy, onnxruntime and (text) tokenizers; (image files) Pillow.
+Prints the label and its probability, tab-separated.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+
+def text_inputs(bundle: Path, pre: dict, text: str) -> dict:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=pre.get("max_length", 128))
+    ids = np.array([tok.encode(text).ids], dtype=np.int64)  # (1, T), special tokens included
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def image_inputs(pre: dict, path: str) -> dict:
+    channels, (h, w) = pre.get("channels", 3), pre["image_size"]
+    if path.endswith(".npy"):  # raw pixels as the training data had them: apply the bundle's scale ("x/16")
+        img = np.load(path, allow_pickle=False).astype(np.float32) / float(pre.get("scale", "x/255").split("/")[-1])
+    else:  # an image file: 0..255 -> [0, 1]
+        from PIL import Image
+
+        pil = Image.open(path).convert("L" if channels == 1 else "RGB").resize((w, h))
+        img = np.asarray(pil, dtype=np.float32) / 255.0
+    img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)  # (C, H, W)
+    return {"pixel_values": img[None].astype(np.float32)}  # (1, C, H, W)
+
+
+def main(bundle: str, given: str) -> None:
+    folder = Path(bundle)
+    pre = json.loads((folder / "preprocess.json").read_text())
+    labels = json.loads((folder / "labels.json").read_text())
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = text_inputs(folder, pre, given) if pre["task"] == "text-classification" else image_inputs(pre, given)
+    wanted = {i.name for i in session.get_inputs()}
+    logits = session.run(None, {k: v for k, v in feed.items() if k in wanted})[0][0]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    best = int(probs.argmax())
+    print(f"{labels[best]}\t{probs[best]:.4f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])

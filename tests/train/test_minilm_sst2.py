@@ -16,7 +16,7 @@ from toolkit.tasks import get_task
 @pytest.mark.slow
 def test_minilm_fine_tunes_on_sst2(tmp_path, shared_data, minilm_dir):
     overrides = [f"data.train={shared_data}/sst2/train.tsv", f"data.eval={shared_data}/sst2/test.tsv",
-                 f"model.source={minilm_dir}", "data.limit=5200", "train.epochs=1", "train.batch_size=32",
+                 f"model.source={minilm_dir}", "data.limit=8000", "train.epochs=1", "train.batch_size=32",
                  "train.lr=1e-4", "train.checkpoint_every=0", "data.max_length=64"]
     cmd = [sys.executable, "-m", "toolkit", "train", str(recipes_dir() / "text-classification.toml"),
            "--out", str(tmp_path), "--quiet"]

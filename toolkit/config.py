@@ -65,6 +65,17 @@ class ModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """[train.lora]: parameter-efficient fine-tuning with LoRA adapters (peft); r = 0 trains every weight."""
+
+    r: int = _f(0, "adapter rank; 0 = off (full fine-tuning); e.g. 8: only the adapters and the task head train")
+    alpha: float = _f(16.0, "adapter scaling: the update B·A is multiplied by alpha / r")
+    dropout: float = _f(0.05, "dropout on the adapters' input during training")
+    target_modules: list[str] = _f([], "modules that get adapters (name suffixes); empty: the architecture's default (BERT query/value, GPT-2 c_attn, BART q_proj/v_proj)")
+    modules_to_save: list[str] = _f([], "modules trained in full beside the adapters; empty: the classification head (classifier / score), none for language models")
+
+
+@dataclass
 class TrainConfig:
     """[train]: the training loop."""
 
@@ -90,6 +101,7 @@ class TrainConfig:
     detect_anomaly: bool = _f(False, "torch.autograd.detect_anomaly (slow; finds the op that made a NaN)")
     device: str = _f("auto", "auto | cpu | cuda")
     threads: int = _f(0, "torch threads for training on CPU (0 = torch's default)")
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"doc": "LoRA adapters ([train.lora])"})
 
 
 @dataclass
@@ -476,6 +488,7 @@ def reference_markdown() -> str:
     """The recipe reference (every key, its default and doc string) as Markdown tables, for the README."""
     out = []
     for section, cls in (("", Recipe), ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig),
+                         ("train.lora", LoraConfig),
                          ("export", ExportConfig), ("eval", EvalConfig), ("eval.latency", LatencyConfig)):
         out.append(f"\n**{'[' + section + ']' if section else 'top level'}**\n\n| key | default | meaning |\n|---|---|---|")
         obj = cls()
@@ -486,3 +499,19 @@ def reference_markdown() -> str:
             doc = f.metadata["doc"].replace("|", "\\|")
             out.append(f"| `{name}` | `{_toml_value(value)}` | {doc} |")
     return "\n".join(out) + "\n"
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """A copy whose data/model paths are absolute, for the run directory's recipe.toml: a run resumed from
+    its own recipe.toml reads the same files, wherever that file lives."""
+    def fix(value: Any) -> Any:
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if not value or not isinstance(value, str) or value.startswith("builtin:"):
+            return value
+        return str(recipe.resolve_path(value))
+
+    d = dataclasses.replace(recipe.data, **{k: fix(getattr(recipe.data, k)) for k in ("train", "validation", "eval")})
+    source = recipe.model.source
+    m = recipe.model if not source or source.startswith("builtin:") else dataclasses.replace(recipe.model, source=fix(source))
+    return dataclasses.replace(recipe, data=d, model=m)

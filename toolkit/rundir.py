@@ -29,7 +29,7 @@ class RunDir:
     """Paths of one run directory; nothing is created until something is written."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # relative to the cwd, never to a recipe's folder
 
     recipe = property(lambda self: self.path / "recipe.toml")
     manifest = property(lambda self: self.path / "manifest.json")

@@ -1,7 +1,8 @@
-"""``python -m toolkit run [RECIPE]``: the whole session into one run directory (no recipe: the demo).
+"""``python -m toolkit run [RECIPE]``: the whole session — train → compress → export → eval → report — into one
+run directory (no recipe: the packaged demo).
 
-Today the session runs the stages that exist: training. Rerunning the same command continues an
-interrupted run and skips a finished stage whose settings are unchanged.
+Running the same command again skips the finished stages whose settings and inputs are unchanged, continues
+an interrupted training from its checkpoint, and retries a stage that failed.
 """
 from __future__ import annotations
 
@@ -17,43 +18,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from toolkit.console import ConsoleDisplay
-    from toolkit.events import Emitter
-    from toolkit.rundir import RunDir, RunLock
-    from toolkit.train import checkpoint as ckpt_io
-    from toolkit.train.stage import has_finished, prepare_run_dir, run_train
+    from toolkit.rundir import RunDir
+    from toolkit.session import STAGES, run_session
 
     recipe = resolve_recipe(args)
-    run = RunDir(run_dir_for(args, recipe))
-    prepare_run_dir(recipe, run, args.force)
-    with RunLock(run, "run"), ConsoleDisplay(args.quiet) as display:
-        emitter = Emitter(run.events, recipe.name, [display])
-        emit = emitter.for_stage("train")
-        try:
-            if has_finished(run, recipe):
-                emit("skip", reason="train/final is up to date with the recipe")
-            else:
-                # A run whose recipe changed starts training over; an interrupted one continues.
-                resume = bool(ckpt_io.list_checkpoints(run.checkpoints)) and _same_training(run, recipe)
-                if not resume and ckpt_io.list_checkpoints(run.checkpoints):
-                    emit.log("the recipe's training settings changed: training starts over", "warning")
-                    import shutil
-
-                    shutil.rmtree(run.checkpoints)
-                run_train(recipe, run, emit, resume=resume)
-        except Exception as e:
-            if getattr(e, "exit_code", 0) != 130:
-                emit("error", message=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise
-        finally:
-            emitter.close()
-    print(f"run directory: {run.path}")
-    print(f"model: {run.final}  (baseline variant: {run.variant('base') / 'model'})")
+    run_dir = RunDir(run_dir_for(args, recipe))
+    with ConsoleDisplay(args.quiet, stages=[s.name for s in STAGES]) as display:
+        report_json = run_session(recipe, run_dir, [display], force=args.force)
+    print(f"report: {run_dir.report_md}")
+    print(f"        {report_json}")
+    if report_json.exists():
+        report = json.loads(report_json.read_text(encoding="utf-8"))
+        for target, name in report.get("recommendation", {}).items():
+            why = report.get("no_recommendation", {}).get(target, "")
+            print(f"  {target}: " + (f"ship {name}" if name else f"no variant meets the budget ({why})"))
     return 0
-
-
-def _same_training(run, recipe) -> bool:
-    from toolkit.rundir import load_manifest
-    from toolkit.train.stage import train_config_hash
-
-    return load_manifest(run).get("train_config_hash") in (None, train_config_hash(recipe))

@@ -1,0 +1,71 @@
+"""Every text recipe in recipes/ end to end (`python -m toolkit run RECIPE`) on small slices of the real data in
+../shared/data: train → compress → export → eval → report, about a minute each."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.resources import recipes_dir
+
+# One training thread: these models are small, and on a shared machine more threads mostly wait on each other.
+COMMON = ["train.threads=1", "eval.targets=[\"host\", \"raspberry-pi-4\"]", "eval.latency.warmup=2",
+          "eval.latency.runs=10", "export.formats=[\"onnx\", \"ort\"]", "train.checkpoint_every=0"]
+
+
+def _session(recipe: str, out: Path, settings: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "toolkit", "run", str(recipes_dir() / recipe), "--out", str(out), "--quiet"]
+    for s in COMMON + settings:
+        cmd += ["--set", s]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"report: {out / 'report.md'}" in p.stdout
+    return json.loads((out / "report.json").read_text())
+
+
+def _check(report: dict, variants: list[str], metric: str) -> None:
+    assert [v["name"] for v in report["variants"]] == variants
+    for v in report["variants"]:
+        assert isinstance(v["metrics"].get(metric), float), (v["name"], v["metrics"])
+        assert v["latency"]["host"]["source"] == "measured"
+        assert v["latency"]["raspberry-pi-4"]["source"] == "estimated"
+        assert v["latency"]["host"]["p50_ms"] > 0
+    assert set(report["recommendation"]) == {"host", "raspberry-pi-4"}
+    assert report["main_metric"]["name"] == metric
+
+
+@pytest.mark.slow
+def test_text_classification_sst2(shared_data, tmp_path):
+    report = _session("text-classification.toml", tmp_path / "run", [
+        f"data.train={shared_data / 'sst2' / 'train.tsv'}", f"data.eval={shared_data / 'sst2' / 'test.tsv'}",
+        "data.limit=3000", "train.max_steps=150", "train.batch_size=32", "train.lr=1e-3", "eval.limit=300",
+        "compress=[{name = \"int8\", method = \"quantize\", scheme = \"int8-dynamic\"}]"])
+    _check(report, ["base", "int8"], "accuracy")
+    base = report["variants"][0]["metrics"]["accuracy"]
+    assert base > 0.55, f"150 steps on 3,000 SST-2 sentences should beat chance (0.5): {base}"
+
+
+@pytest.mark.slow
+def test_language_modeling_tinyshakespeare(shared_data, tmp_path):
+    report = _session("language-modeling.toml", tmp_path / "run", [
+        f"data.train={shared_data / 'tinyshakespeare' / 'input.txt'}", "data.limit=2000", "data.max_length=64",
+        "model.vocab_size=500", "train.max_steps=60", "eval.limit=20", "eval.max_new_tokens=8",
+        "compress=[{name = \"int8\", method = \"quantize\", scheme = \"int8-dynamic\"}]"])
+    _check(report, ["base", "int8"], "perplexity")
+    base = report["variants"][0]["metrics"]["perplexity"]
+    assert 1 < base < 500, f"perplexity after 60 steps with a 500-token vocabulary: {base}"
+
+
+@pytest.mark.slow
+def test_translation_multi30k(shared_data, tmp_path):
+    m = shared_data / "multi30k"
+    report = _session("translation.toml", tmp_path / "run", [
+        f"data.train=[\"{m / 'train.en'}\", \"{m / 'train.de'}\"]",
+        f"data.validation=[\"{m / 'val.en'}\", \"{m / 'val.de'}\"]",
+        f"data.eval=[\"{m / 'test_2016_flickr.en'}\", \"{m / 'test_2016_flickr.de'}\"]",
+        "data.limit=2000", "model.vocab_size=1000", "train.max_steps=60", "eval.limit=30", "eval.max_new_tokens=16",
+        "compress=[{name = \"student\", method = \"distill\", layers = 1, max_steps = 20}]"])
+    _check(report, ["base", "student"], "bleu")

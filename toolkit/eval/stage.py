@@ -1,0 +1,232 @@
+"""The eval stage: every variant of a run on the eval split, and its latency on every target.
+
+For each variant (``variants/<name>/variant.json``): quality (:mod:`toolkit.eval.evaluate`), parameters, size and
+latency per ``[eval] targets`` (:mod:`toolkit.eval.variant_latency`) go into ``variants/<name>/eval.json``
+(DESIGN.md field names), entered in the manifest; then the report is rebuilt from the run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from toolkit.config import Recipe
+from toolkit.errors import UserError, did_you_mean
+from toolkit.events import StageEmitter
+from toolkit.rundir import RunDir, atomic_write_json, record_artifact
+
+STAGE = "eval"
+EVAL_SCHEMA = 1
+METRIC_ALIASES = {"f1": ("f1_macro",), "rouge": ("rouge1", "rouge2", "rougeL", "rougeLsum"),
+                  "confusion_matrix": ()}
+
+
+def check_metrics(metrics: Sequence[str] | None, task: str) -> set[str] | None:
+    """The metric names ``--metric`` asked for, as eval.json names; None = all.
+
+    Raises:
+        UserError: an unknown metric (with the nearest name), or one that does not fit the task.
+    """
+    from toolkit.eval.metrics import check_metric_fits
+
+    if not metrics:
+        return None
+    keep: set[str] = set()
+    for m in metrics:
+        check_metric_fits(m, task)
+        keep.update(METRIC_ALIASES.get(m, (m,)))
+    return keep
+
+
+def select_variants(run: RunDir, names: Sequence[str] | None) -> dict[str, Any]:
+    """The run's variants (paths made local to ``run``), all or those named.
+
+    Raises:
+        UserError: no variants yet, or a name that is not one of them.
+    """
+    from toolkit.compress.registry import load_variants
+
+    found = {name: localise(v, run) for name, v in load_variants(run.variants).items()}
+    if not found:
+        raise UserError(f"{run.variants}: no variants to evaluate (no variant.json); train first: "
+                        f"python -m toolkit train RECIPE --out {run.path}")
+    if not names:
+        return found
+    for n in names:
+        if n not in found:
+            raise UserError(f"--variant {n}: no such variant in {run.variants}{did_you_mean(n, sorted(found))}")
+    return {n: found[n] for n in found if n in names}
+
+
+def localise(variant: Any, run: RunDir) -> Any:
+    """The variant with its paths inside ``run`` (a run directory that was moved or named relatively still works)."""
+    folder = run.variant(variant.name)
+    model_dir = None
+    if variant.model_dir is not None:
+        model_dir = Path(variant.model_dir)
+        if not model_dir.is_dir() and (folder / model_dir.name).is_dir():
+            model_dir = folder / model_dir.name
+    onnx = None
+    if variant.onnx is not None:
+        onnx = Path(variant.onnx)
+        if not onnx.is_file() and (folder / onnx.name).is_file():
+            onnx = folder / onnx.name
+    return dataclasses.replace(variant, path=folder, model_dir=model_dir, onnx=onnx)
+
+
+def check_targets(recipe: Recipe) -> dict[str, Any]:
+    """Every target of ``[eval] targets`` loaded up front, so a misspelt one fails before any work."""
+    from toolkit.targets import load_target
+
+    out = {}
+    for name in recipe.eval.targets:
+        try:
+            out[name] = load_target(name)
+        except UserError as e:
+            raise UserError(f"eval.targets: {e}") from None
+    return out
+
+
+def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence[str] | None = None,
+             metrics: Sequence[str] | None = None) -> dict[str, dict]:
+    """Evaluate the run's variants (all, or those named) and rebuild the report.
+
+    Writes ``variants/<name>/eval.json`` for each and calls :func:`toolkit.report.write_report`.
+
+    Args:
+        variants: names of the variants to evaluate; None: all.
+        metrics: keep only these metrics (``score``'s names: accuracy, f1, auc_roc, bleu, chrf, rouge, ...).
+
+    Returns:
+        {variant name: its eval.json content}.
+
+    Raises:
+        UserError: no variants, an unknown variant/target/metric, a metric that does not fit the task, an eval
+            split that cannot be read.
+    """
+    from toolkit.data import load_splits
+    from toolkit.eval.evaluate import evaluate_variant
+
+    keep = check_metrics(metrics, recipe.task)
+    targets = check_targets(recipe)
+    selected = select_variants(run, variants)
+    every = {name: localise(v, run) for name, v in _all_variants(run).items()}
+    emit("start", variants=list(selected), targets=list(targets))
+    splits = load_splits(recipe, log=emit.log)
+    results: dict[str, dict] = {}
+    failed: list[UserError] = []
+    for i, (name, variant) in enumerate(selected.items()):
+        emit("progress", step=i, total=len(selected), variant=name)
+        t0 = time.perf_counter()
+        try:
+            quality = evaluate_variant(recipe, variant, every, splits, log=emit.log)
+        except UserError as e:
+            # one variant that cannot be evaluated (a missing file, a format without quality support) does not
+            # cost the others theirs; the report shows it unevaluated
+            emit.log(f"{name}: not evaluated: {e}", "warning")
+            (variant.path / "eval.json").unlink(missing_ok=True)  # an older evaluation would be stale now
+            failed.append(e)
+            continue
+        record = _record(recipe, variant, quality, keep)
+        record["latency"] = _latency(recipe, variant, quality.encoding, targets, run, emit)
+        record["fit"] = _fit(record["size_bytes"], record["latency"], targets)
+        record["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        path = variant.path / "eval.json"
+        atomic_write_json(path, record)
+        record_artifact(run, f"eval/{name}", "eval", path, STAGE, parent=name)
+        emit("metric", variant=name, values=record["metrics"])
+        emit("artifact", path=str(path), what="eval")
+        results[name] = record
+    if failed and not results:
+        raise failed[0]
+    emit("progress", step=len(selected), total=len(selected))
+    from toolkit.report import write_report
+
+    report = write_report(recipe, run)
+    emit("done", variants=list(results), report=str(report))
+    return results
+
+
+def _all_variants(run: RunDir) -> dict[str, Any]:
+    from toolkit.compress.registry import load_variants
+
+    return load_variants(run.variants)
+
+
+def _record(recipe: Recipe, variant: Any, quality: Any, keep: set[str] | None) -> dict[str, Any]:
+    from toolkit.eval.evaluate import finite_or_none
+    from toolkit.eval.variant_latency import CONVENTION, graph_paths
+
+    metrics = {k: finite_or_none(v) for k, v in quality.metrics.items() if keep is None or k in keep}
+    conventions = dict(quality.conventions)
+    conventions["latency"] = CONVENTION
+    return {
+        "schema_version": EVAL_SCHEMA, "variant": variant.name, "parent": variant.parent,
+        "evaluated_with": quality.evaluated_with, "split": "eval", "examples": quality.examples,
+        "metrics": metrics, "conventions": conventions, "groups": quality.groups, "robustness": quality.robustness,
+        "params": quality.params, "size_bytes": _size_bytes(variant, graph_paths(variant, recipe.task)),
+        "details": quality.details,
+    }
+
+
+def _size_bytes(variant: Any, graphs: list[Path]) -> int | None:
+    """DESIGN.md: the ONNX file (every graph of an encoder-decoder, external weights included), else the model dir."""
+    from toolkit.eval.latency import model_size
+
+    if graphs:
+        return int(sum(model_size(p) or 0 for p in graphs))
+    if variant.model_dir is not None and Path(variant.model_dir).is_dir():
+        return int(sum(p.stat().st_size for p in Path(variant.model_dir).rglob("*") if p.is_file()))
+    return None
+
+
+def _fit(size_bytes: int | None, latency: dict[str, Any], targets: dict[str, Any]) -> dict[str, Any]:
+    """The fit check per target: file size, and the memory the model took where it was measured (in this
+    process: the RSS growth over loading and running it; on a device: the benchmark process's peak RSS)."""
+    from toolkit.eval.fit import fit_check
+
+    out = {}
+    for name, target in targets.items():
+        entry = latency.get(name) or {}
+        memory = None
+        if entry.get("source") == "measured":
+            key = "rss_growth_mb" if name == "host" else "peak_rss_mb"
+            memory = entry.get(key) if isinstance(entry.get(key), (int, float)) else None
+        out[name] = fit_check(size_bytes, memory, target)
+    return out
+
+
+def _latency(recipe: Recipe, variant: Any, enc: Any, targets: dict[str, Any], run: RunDir,
+             emit: StageEmitter) -> dict[str, Any]:
+    from toolkit.eval import variant_latency as vl
+    from toolkit.targets import detect_host
+
+    cfg = recipe.eval.latency
+    files = vl.variant_files(variant, recipe.task)
+    label = f"{variant.name}: "
+    host = targets.get("host") or detect_host()
+    host_cache: dict[str, Any] = {}
+
+    def host_runtimes(runtimes: tuple[str, ...]) -> dict[str, Any]:
+        missing = tuple(r for r in runtimes if r not in host_cache)
+        if missing:
+            got = vl.measure_host(files, enc, cfg, cfg.threads or host.threads, emit.log, missing, label, run.path)
+            for r in missing:
+                host_cache[r] = got.get(r)
+        return {r: host_cache[r] for r in runtimes if host_cache.get(r)}
+
+    def host_onnx() -> dict[str, Any] | None:
+        return host_runtimes(("onnxruntime",)).get("onnxruntime")
+
+    out: dict[str, Any] = {}
+    for name, target in targets.items():
+        if name == "host":
+            entry = vl.top_level(host_runtimes(("onnxruntime", "executorch", "torch")), target.runtime)
+        else:
+            entry = vl.target_latency(target, files, enc, cfg, host_onnx, host, emit.log, label, run.path)
+        if entry:
+            out[name] = entry
+            emit("metric", variant=variant.name, target=name,
+                 values={"p50_ms": entry.get("p50_ms"), "source": entry.get("source"), "runtime": entry.get("runtime")})
+    return out

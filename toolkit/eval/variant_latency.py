@@ -1,0 +1,254 @@
+"""Latency of one variant on each target of ``[eval] targets``, on real eval samples.
+
+- ``host``: measured in this process with :func:`toolkit.eval.latency.benchmark` for every runtime the variant has a
+  file for: ONNX Runtime (``model.onnx``; the host's preferred runtime), ExecuTorch (``model.pte``) and PyTorch eager
+  (``model/``), each under ``by_runtime``; the top-level fields are the target's preferred runtime's.
+- any other target: measured there by its runner (``toolkit.eval.runners.runner_for``) when it is reachable, else
+  estimated from the ONNX graph (``toolkit.eval.estimate``) calibrated on the host measurement; an unreachable
+  target falls back to the estimate with a warning.
+
+Inputs: eval texts tokenised to ``[eval.latency] seq_len`` (truncated, right-padded with the mask at 0; a language
+model's eval text is cut into full windows of real tokens), or eval images. Seq2seq models are timed on their
+encoder graph (one forward of the source), which is what every runtime and the estimator can run alike; the
+entry says so (``graph``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toolkit.config import LatencyConfig
+from toolkit.errors import UserError
+from toolkit.eval.evaluate import Encoding
+
+SAMPLES = 32
+"""at most this many batches of real samples are cycled through the timed runs"""
+FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
+          "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
+          "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file")
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "ort-mobile": "ort", "executorch": "pte", "torch": "pytorch"}
+CONVENTION = ("p50/p90/p99/mean over timed runs after warm-up (toolkit.eval.latency: perf_counter_ns around each "
+              "call, numpy linear percentiles); throughput = batch / mean; real eval samples; top-level fields = the "
+              "target's preferred runtime, every runtime measured under by_runtime; source = measured | estimated")
+
+
+def variant_files(variant: Any, task: str) -> dict[str, Path]:
+    """The variant's deployable files by format: "onnx" (the graph timed: seq2seq's encoder), "ort", "pte"."""
+    from toolkit.eval.onnx_eval import graph_files
+
+    folder = Path(variant.path)
+    graphs = graph_files(folder, task, variant.onnx)
+    files: dict[str, Path] = {}
+    main = graphs.get("encoder" if task == "seq2seq" else "model")
+    if main is not None:
+        files["onnx"] = main
+    stem = main.stem if main is not None else ("encoder_model" if task == "seq2seq" else "model")
+    for fmt in ("ort", "pte"):
+        for p in (folder / f"{stem}.{fmt}", folder / f"model.{fmt}"):
+            if p.is_file():
+                files[fmt] = p
+                break
+    return files
+
+
+def graph_paths(variant: Any, task: str) -> list[Path]:
+    """Every ONNX graph of the variant (seq2seq: encoder and decoder), for size_bytes."""
+    from toolkit.eval.onnx_eval import graph_files
+
+    return list(graph_files(Path(variant.path), task, variant.onnx).values())
+
+
+# --- inputs ------------------------------------------------------------------------------------------------------
+
+def base_samples(enc: Encoding, batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Real eval samples: {"input_ids", "attention_mask"} (N, seq_len) or {"pixel_values"} (N, C, H, W)."""
+    n = max(batch, min(SAMPLES * batch, len(enc.examples)))
+    if enc.task == "image-classification":
+        from toolkit.tasks.image_classification import to_chw
+
+        imgs = [to_chw(enc.examples[i % len(enc.examples)]["image"]).numpy() for i in range(n)]
+        return {"pixel_values": np.stack(imgs).astype(np.float32)}
+    tok = enc.tokenizer
+    if enc.task == "language-modeling":
+        from toolkit.eval.evaluate import lm_stream
+
+        stream, _ = lm_stream(tok, [str(ex["text"]) for ex in enc.examples])
+        rows = [stream[i:i + seq_len] for i in range(0, max(len(stream) - seq_len + 1, 1), seq_len)][:n]
+    else:
+        key = "source" if enc.task == "seq2seq" else "text"
+        texts = [str(ex[key]) for ex in enc.examples[:n]]
+        rows = tok(texts, truncation=True, max_length=seq_len, return_token_type_ids=False,
+                   return_attention_mask=False)["input_ids"]
+    while len(rows) < n:  # fewer texts than one batch: repeat them
+        rows = rows + rows[: n - len(rows)]
+    ids = np.full((n, seq_len), enc.pad_id, dtype=np.int64)
+    mask = np.zeros((n, seq_len), dtype=np.int64)
+    for i, r in enumerate(rows[:n]):
+        r = list(r)[:seq_len]
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def onnx_samples(path: Path, base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``base`` shaped to an ONNX graph's inputs: token types, positions and an empty KV cache added.
+
+    Raises:
+        UserError: an input that real samples cannot fill (e.g. a merged decoder's ``use_cache_branch``).
+    """
+    from toolkit.export.onnx import describe
+
+    out: dict[str, np.ndarray] = {}
+    first = next(iter(base.values()))
+    n = first.shape[0]
+    for spec in describe(Path(path))["inputs"]:
+        name = spec["name"]
+        if name in base:
+            out[name] = base[name]
+        elif name == "token_type_ids" and "input_ids" in base:
+            out[name] = np.zeros_like(base["input_ids"])
+        elif name == "position_ids" and "attention_mask" in base:
+            mask = base["attention_mask"]
+            out[name] = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1).astype(np.int64)
+        elif name.startswith("past_key_values"):
+            # prefill: an empty cache; fixed axes (heads, head size) as declared, the others 0 long
+            shape = [n] + [d if isinstance(d, int) and d > 0 else 0 for d in spec["shape"][1:]]
+            out[name] = np.zeros(shape, dtype=np.dtype(spec["dtype"]))
+        else:
+            raise UserError(f"{path}: input '{name}' cannot be filled from eval samples")
+    return out
+
+
+def pte_names(base: dict[str, np.ndarray]) -> list[str]:
+    """A .pte stores no input names: the order the exporter uses (input_ids, attention_mask / pixel_values)."""
+    return list(base)
+
+
+# --- measuring -----------------------------------------------------------------------------------------------------
+
+def shown(path: Path | str, root: Path | None) -> str:
+    """A file as eval.json names it: relative to the run directory (as export.json does) when inside it."""
+    p = Path(path).absolute()
+    if root is not None and p.is_relative_to(Path(root).absolute()):
+        return p.relative_to(Path(root).absolute()).as_posix()
+    return str(path)
+
+
+def _entry(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    d = {**result, **extra}
+    return {k: d[k] for k in FIELDS if k in d and d[k] is not None}
+
+
+def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, threads: int,
+                 log: Callable[[str, str], None], runtimes: tuple[str, ...] = ("onnxruntime", "executorch", "torch"),
+                 label: str = "", root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Measure each runtime the variant has a file for, in this process. Returns {runtime: fields}.
+
+    A runtime that cannot run the variant (missing extra, static shapes that differ, an op it lacks) is skipped
+    with a warning, so one format never costs the others their numbers.
+    """
+    from toolkit.eval.latency import benchmark
+
+    image = enc.task == "image-classification"
+    seq_len = None if image else cfg.seq_len
+    base = base_samples(enc, cfg.batch, cfg.seq_len)
+    graph = "encoder" if enc.task == "seq2seq" else "model"
+    out: dict[str, dict[str, Any]] = {}
+    for runtime in runtimes:
+        model: Any = None
+        kwargs: dict[str, Any] = {}
+        try:
+            if runtime == "onnxruntime" and "onnx" in files:
+                model, inputs = files["onnx"], onnx_samples(files["onnx"], base)
+            elif runtime == "executorch" and "pte" in files:
+                model, inputs, length = files["pte"], base, seq_len
+                if not image:
+                    # a decoder's or a PT2E program's token length may be fixed below seq_len: time it at its own
+                    from toolkit.eval.onnx_eval import pte_input_sizes
+
+                    sizes = pte_input_sizes(files["pte"])
+                    if sizes and len(sizes[0]) == 2 and sizes[0][1] < cfg.seq_len:
+                        length = sizes[0][1]
+                        inputs = base_samples(enc, cfg.batch, length)
+                kwargs.update(options={"input_names": pte_names(inputs)}, seq_len=length)
+            elif runtime == "torch" and enc.model is not None:
+                model = enc.model.get_encoder() if enc.task == "seq2seq" else enc.model
+                inputs = base
+            if model is None:
+                continue
+            kwargs.setdefault("seq_len", seq_len)
+            r = benchmark(model, runtime=runtime, threads=threads, batch=cfg.batch, warmup=cfg.warmup,
+                          runs=cfg.runs, inputs=inputs, target="host", **kwargs).to_dict()
+        except UserError as e:
+            log(f"{label}host latency with {runtime} skipped: {e}", "warning")
+            continue
+        out[runtime] = _entry(r, graph=graph, file=shown(model if isinstance(model, Path) else enc.source, root))
+    return out
+
+
+def top_level(by_runtime: dict[str, dict[str, Any]], preferred: str) -> dict[str, Any]:
+    """The target's latency entry: its preferred runtime's fields at the top, every runtime under by_runtime."""
+    if not by_runtime:
+        return {}
+    chosen = preferred if preferred in by_runtime else next(iter(by_runtime))
+    entry = {**by_runtime[chosen], "by_runtime": by_runtime}
+    if chosen != preferred:
+        entry["preferred_runtime"] = preferred
+        entry["note"] = (f"no {RUNTIME_FORMAT.get(preferred, preferred)} file for the preferred runtime {preferred}: "
+                         f"showing {chosen}; run `python -m toolkit export` for the deployable files")
+    return entry
+
+
+def target_latency(target: Any, files: dict[str, Path], enc: Encoding, cfg: LatencyConfig,
+                   host_entry: Callable[[], dict[str, Any] | None], host_target: Any,
+                   log: Callable[[str, str], None], label: str = "", root: Path | None = None) -> dict[str, Any] | None:
+    """Latency on a non-host target: measured by its runner when reachable, else estimated (calibrated on the host).
+
+    ``host_entry()`` gives the host's ONNX Runtime measurement of the same graph (measured on first use).
+    Returns None (with a warning) when the variant has no ONNX graph to measure or estimate.
+    """
+    fmt = RUNTIME_FORMAT.get(target.runtime, "onnx")
+    model = files.get(fmt) or files.get("onnx")
+    if model is None:
+        log(f"{label}{target.name}: no ONNX graph to measure or estimate; run `python -m toolkit export` first",
+            "warning")
+        return None
+    threads = cfg.threads or target.threads
+    graph = "encoder" if enc.task == "seq2seq" else "model"
+    seq_len = cfg.seq_len
+    from toolkit.eval.runners import runner_for
+
+    runner = runner_for(target)
+    if runner is not None:
+        base = base_samples(enc, cfg.batch, cfg.seq_len)
+        inputs = onnx_samples(model, base) if model.suffix == ".onnx" else base
+        try:
+            r = runner.measure(model, batch=cfg.batch, seq_len=seq_len, warmup=cfg.warmup, runs=cfg.runs,
+                               threads=threads, inputs=inputs)
+            entry = _entry({**r, "source": "measured"}, graph=graph, file=shown(model, root))
+            return {**entry, "by_runtime": {entry.get("runtime", target.runtime): dict(entry)}}
+        except UserError as e:
+            log(f"{label}{target.name}: {e}; estimating its latency instead", "warning")
+    if "onnx" not in files:
+        log(f"{label}{target.name}: no ONNX graph to estimate from; run `python -m toolkit export` first", "warning")
+        return None
+    from toolkit.eval.estimate import calibrate, estimate_latency
+
+    host = host_entry()
+    calibration = None
+    try:
+        if host is not None:
+            # the host figures are measured at the thread count the host measurement used
+            measured_on = dataclasses.replace(host_target, threads=int(host.get("threads") or host_target.threads))
+            calibration = calibrate(files["onnx"], host["p50_ms"], measured_on, cfg.batch, seq_len)
+        r = estimate_latency(files["onnx"], target, calibration, batch=cfg.batch, seq_len=seq_len)
+    except UserError as e:
+        log(f"{label}{target.name}: no estimate either: {e}", "warning")
+        return None
+    entry = _entry({**r, "source": "estimated"}, graph=graph, file=shown(files["onnx"], root))
+    if "threads" not in entry:
+        entry["threads"] = threads
+    return {**entry, "by_runtime": {entry.get("runtime", target.runtime): dict(entry)}}

@@ -2,6 +2,9 @@
 
 Read ``fit`` top to bottom. The ``_setup_*`` helpers build what it needs; ``checkpoint.py`` saves and
 restores everything needed to resume bit-identically (CPU, fp32, ``deterministic = true``).
+
+Under torchrun (``distributed.py``) the same loop runs on every rank: each takes its shard of the global
+batch, gradients are all-reduced on the last micro-step only, rank 0 alone logs and checkpoints.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ import torch
 
 from toolkit.config import Recipe, TrainConfig
 from toolkit.errors import Interrupted, ToolkitError, UserError
-from toolkit.events import StageEmitter
+from toolkit.events import StageEmitter, null_emitter
 from toolkit.rundir import RunDir
 from toolkit.tasks.base import Prepared, Task
 from toolkit.train import checkpoint as ckpt_io
+from toolkit.train import distributed
+from toolkit.train.distributed import DistEnv
 
 
 class TrainingDiverged(ToolkitError):
@@ -69,12 +74,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _setup_device(cfg: TrainConfig) -> torch.device:
+def _setup_device(cfg: TrainConfig, env: DistEnv = distributed.SINGLE) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if kind == "cuda" and env.active:
+        return torch.device("cuda", env.local_rank)  # one GPU per rank
+    return torch.device(kind)
 
 
 def _setup_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -194,6 +200,16 @@ class _MetricsLog:
             self.tb.close()
 
 
+class _NoLog:
+    """What ranks other than 0 log: nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
@@ -204,44 +220,80 @@ def _step_of(line: str) -> int:
 # ---- the loop -----------------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: StageEmitter,
-        resume: bool = False, defer: bool | None = None) -> TrainResult:
+        resume: bool = False, defer: bool | None = None, dist: DistEnv | None = None,
+        meta: dict[str, Any] | None = None) -> TrainResult:
     """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``.
 
     ``defer`` (default: on CUDA) books each step one step late so the host never waits for the device.
+    ``dist`` (default: the process group this process joined, see ``distributed.init``): under DDP every
+    rank calls ``fit``; rank 0 alone writes. ``meta``: plain data kept in every checkpoint (e.g. a LoRA
+    base model's reference); resuming from a checkpoint with another ``meta["base"]`` is refused.
     """
     cfg = recipe.train
-    device = _setup_device(cfg)
+    env = dist if dist is not None else distributed.current()
+    if not env.is_main:
+        emit = null_emitter("train")  # rank 0 speaks for the job
+    device = _setup_device(cfg, env)
     model = prepared.model.to(device)
     n_train = len(prepared.train_set)
     if n_train == 0:
         raise UserError("the training split is empty; check data.train and data.limit")
+    distributed.check_batch(cfg.batch_size, cfg.grad_accum, env.world, recipe.source_path or "the recipe")
     total = total_steps(cfg, n_train)
     optimizer = _setup_optimizer(model, cfg, device)
     scheduler = _setup_scheduler(optimizer, cfg, total)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     state = LoopState()
 
-    ckpt_io.clean_partial(run.checkpoints)
     resumed_from = -1
+    if env.is_main:
+        ckpt_io.clean_partial(run.checkpoints)
     if resume:
-        found = ckpt_io.newest_valid(run.checkpoints, warn=lambda m: emit.log(m, "warning"))
+        found = None
+        if env.is_main:
+            found = ckpt_io.newest_valid(run.checkpoints, warn=lambda m: emit.log(m, "warning"))
+        found = distributed.broadcast_object(env, found)  # every rank resumes from rank 0's choice
         if found is None:
             raise UserError(f"{run.checkpoints}: no valid checkpoint to resume from; rerun with --force to start over")
         extra = ckpt_io.load_checkpoint(found, model, optimizer)
+        rng = ckpt_io.rng_of_rank(extra, env.rank, env.world, found.path)
+        if meta and meta.get("base") != extra.get("meta", {}).get("base", meta.get("base")):
+            raise UserError(f"{found.path}: made from another base model ({extra['meta']['base']}); restore that "
+                            f"model or use --force to start over")
         scheduler.load_state_dict(extra["scheduler"])
         scaler.load_state_dict(extra["scaler"])
         state = LoopState(**extra["loop"])
-        ckpt_io.restore_rng(extra["rng"])
+        ckpt_io.restore_rng(rng)
         resumed_from = state.step
         emit.log(f"resumed from {found.path.name} (step {state.step}, epoch {state.epoch})")
+    net = distributed.wrap(model, env, device)  # DDP: all-reduces gradients in backward
+    trainable = [q for q in model.parameters() if q.requires_grad]
 
     def save() -> Path:
-        extra = {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "loop": asdict(state)}
-        path = ckpt_io.save_checkpoint(run.checkpoints, state.step, model, optimizer, extra, cfg.keep_checkpoints)
-        emit("artifact", path=str(path), what="checkpoint", step=state.step)
+        """Every rank calls this (its RNG state goes into the checkpoint); rank 0 writes."""
+        rngs = distributed.gather_objects(env, ckpt_io.capture_rng())
+        path = ckpt_io.step_dir(run.checkpoints, state.step)
+        if env.is_main:
+            extra = {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "loop": asdict(state)}
+            if meta:
+                extra["meta"] = meta
+            path = ckpt_io.save_checkpoint(run.checkpoints, state.step, model, optimizer, extra,
+                                           cfg.keep_checkpoints, rngs)
+            emit("artifact", path=str(path), what="checkpoint", step=state.step)
+        distributed.barrier(env)  # nobody moves on (or exits) before the checkpoint is in place
         return path
 
-    log = _MetricsLog(run.metrics, resumed_from)
+    def validate() -> dict[str, float]:
+        """Rank 0 validates; the others adopt its metrics and early-stopping state, so all stop together."""
+        metrics: dict[str, float] = {}
+        if env.is_main:
+            metrics = _validate(task, prepared, model, cfg, device, state, emit, log)
+        if env.active:
+            metrics, state.best, state.evals_since_best, state.stopped = distributed.broadcast_object(
+                env, (metrics, state.best, state.evals_since_best, state.stopped))
+        return metrics
+
+    log = _MetricsLog(run.metrics, resumed_from) if env.is_main else _NoLog()
     batch_size, accum = cfg.batch_size, cfg.grad_accum
     anomaly = torch.autograd.detect_anomaly() if cfg.detect_anomaly else contextlib.nullcontext()
     # On CUDA a step's bookkeeping (was it finite? advance the LR, log) is read one step late, so the host
@@ -251,7 +303,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
     meter = {"samples": 0, "tokens": 0, "t0": time.perf_counter(), "total_samples": 0, "total_time": 0.0}
     pending: dict[str, Any] | None = None
     validation: dict[str, float] = {}
-    emit("start", total=total, resumed_from=max(resumed_from, 0))
+    emit("start", total=total, resumed_from=max(resumed_from, 0), world_size=env.world)
 
     def settle() -> None:
         """Book the newest launched step: skip-count it or advance the schedule; log; report progress."""
@@ -284,7 +336,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
         meter["total_time"] += time.perf_counter() - p["t"]
         if p["before"] is not None:
             with torch.no_grad():
-                num = sum(float((q - b).pow(2).sum()) for q, b in zip(model.parameters(), p["before"]))
+                num = sum(float((q - b).pow(2).sum()) for q, b in zip(trainable, p["before"]))
                 den = sum(float(b.pow(2).sum()) for b in p["before"])
             span = time.perf_counter() - meter["t0"]
             record = {
@@ -305,23 +357,36 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                 batches = [order[i:i + batch_size] for i in range(0, n_train, batch_size)]
                 while state.batch_in_epoch < len(batches) and state.step + (pending is not None) < total:
                     t_step = time.perf_counter()
-                    indices = batches[state.batch_in_epoch]
+                    indices = batches[state.batch_in_epoch]  # the global batch: the same on every rank
+                    mine = distributed.shard(indices, env)
                     model.train()
-                    # Split the global batch into `accum` micro-batches; each loss is weighted by its share.
-                    micro = [indices[i::accum] for i in range(accum) if indices[i::accum]]
+                    # Split this rank's share into `accum` micro-batches; each loss is weighted by its share of
+                    # the global batch, so the summed (and, under DDP, rank-averaged × world) gradient is the
+                    # gradient of the global batch's mean loss, whatever the world size.
+                    micro = [mine[i::accum] for i in range(accum) if mine[i::accum]]
+                    if not micro:
+                        # A short last batch left this rank nothing: a zero-weighted pass keeps it in the
+                        # gradient all-reduce.
+                        micro = [[indices[0]]]
                     loss_sum = torch.zeros((), device=device)
                     tokens = 0
-                    for part in micro:
+                    for k, part in enumerate(micro):
+                        share = len(part) / len(indices) if mine else 0.0
                         batch = prepared.collate([prepared.train_set[i] for i in part])
-                        if "attention_mask" in batch:
+                        if "attention_mask" in batch and mine:
                             tokens += int(batch["attention_mask"].sum())  # counted on the host: no sync
                         batch = _to_device(batch, device)
-                        with autocast(device, cfg.precision):
-                            out = model(**batch)
-                        loss = out.loss.float() * (len(part) / len(indices))
-                        scaler.scale(loss).backward()
+                        # Gradients are all-reduced on the last micro-step only (DDP no_sync before it).
+                        last = k == len(micro) - 1
+                        with (net.no_sync() if env.active and not last else contextlib.nullcontext()):
+                            with autocast(device, cfg.precision):
+                                out = net(**batch)
+                            loss = out.loss.float() * share
+                            scaler.scale(loss * env.world if env.active else loss).backward()
                         loss_sum += loss.detach()
                     state.batch_in_epoch += 1
+                    stop_now, tokens = distributed.agree(env, bool(stop["signal"]), tokens)
+                    distributed.all_reduce_sum(env, loss_sum)  # the global batch's mean loss
 
                     scaler.unscale_(optimizer)
                     grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -332,13 +397,12 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
 
                     # Decide now whether this step needs the host afterwards (log, checkpoint, validate, stop).
                     upcoming = state.step + 1
-                    sync_now = (not defer or upcoming % cfg.log_every == 0 or upcoming == total
-                                or bool(stop["signal"])
+                    sync_now = (not defer or upcoming % cfg.log_every == 0 or upcoming == total or stop_now
                                 or (cfg.eval_every and upcoming % cfg.eval_every == 0)
                                 or (cfg.checkpoint_every and upcoming % cfg.checkpoint_every == 0)
                                 or state.batch_in_epoch == len(batches))
                     log_now = upcoming % cfg.log_every == 0 or upcoming == total
-                    before = [q.detach().clone() for q in model.parameters()] if log_now else None
+                    before = [q.detach().clone() for q in trainable] if log_now and env.is_main else None
                     lr_now = scheduler.get_last_lr()[0]
                     if scaler.is_enabled():
                         scaler.step(optimizer)  # fused AdamW: skipped on the device when found_inf
@@ -367,19 +431,20 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                     if state.step == step_before:
                         continue  # skipped: no boundary reached
                     if cfg.eval_every and state.step % cfg.eval_every == 0:
-                        validation = _validate(task, prepared, model, cfg, device, state, emit, log)
+                        validation = validate()
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < total:
                         save()
-                    if stop["signal"]:
+                    if stop_now:
+                        signame = stop["signal"] or "a signal to another process"
                         path = save()
-                        emit("interrupted", signal=stop["signal"], step=state.step, checkpoint=str(path))
-                        raise Interrupted(f"stopped by {stop['signal']} at step {state.step}; checkpoint "
+                        emit("interrupted", signal=signame, step=state.step, checkpoint=str(path))
+                        raise Interrupted(f"stopped by {signame} at step {state.step}; checkpoint "
                                           f"{path.name} saved; rerun with --resume to continue")
                 if pending is not None:
                     settle()
                 if state.batch_in_epoch >= len(batches):
                     if not cfg.eval_every:
-                        validation = _validate(task, prepared, model, cfg, device, state, emit, log)
+                        validation = validate()
                     state.epoch += 1
                     state.batch_in_epoch = 0
             if pending is not None:
@@ -387,7 +452,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
             state.stopped = state.stopped or "finished"
             if state.batch_in_epoch != 0 and not (cfg.eval_every and state.step % cfg.eval_every == 0):
                 # Training ended inside an epoch: validate the final weights too.
-                validation = _validate(task, prepared, model, cfg, device, state, emit, log)
+                validation = validate()
             save()
     finally:
         log.close()

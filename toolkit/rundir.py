@@ -278,3 +278,15 @@ class RunLock:
         self._stop.set()
         self._thread.join(timeout=2)
         self.run.lock.unlink(missing_ok=True)
+
+
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime logs a warning per unused initializer when it loads an exported graph (harmless graph
+    clean-up); at warning level these flood the terminal display. Errors still show. torch.export's pytree
+    FutureWarning about LeafSpec (raised inside ExecuTorch lowering, not our code) is silenced likewise."""
+    import warnings
+
+    import onnxruntime
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    onnxruntime.set_default_logger_severity(3)

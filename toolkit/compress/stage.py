@@ -50,6 +50,9 @@ def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, V
         UserError: a bad step (named with its key), no baseline variant (train first), a step that fails on its
             input (e.g. nothing to quantize).
     """
+    from toolkit.rundir import quiet_onnxruntime
+
+    quiet_onnxruntime()
     file = recipe.source_path or "recipe"
     steps = parse_steps(recipe.compress, file)
     variants = load_variants(run.variants)

@@ -105,6 +105,9 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
         UserError: no variants, an unknown variant/target/metric, a metric that does not fit the task, an eval
             split that cannot be read.
     """
+    from toolkit.rundir import quiet_onnxruntime
+
+    quiet_onnxruntime()
     from toolkit.data import load_splits
     from toolkit.eval.evaluate import evaluate_variant
 

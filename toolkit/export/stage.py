@@ -42,6 +42,9 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
         UserError: no variants in the run; with ``strict``, a format whose extra is missing or an export error.
         CheckFailed: with ``strict``, any file that failed verification (after every variant was written).
     """
+    from toolkit.rundir import quiet_onnxruntime
+
+    quiet_onnxruntime()
     import toolkit.models  # noqa: F401  (registers the CNN with transformers' Auto classes)
     from toolkit.compress.registry import Context, load_variants
     from toolkit.export.verify import raise_if_failed

@@ -288,7 +288,8 @@ def launch(toolkit_args: list[str], nproc: int, debug: bool = False) -> int:
     env = dict(os.environ)
     # One BLAS thread pool per core, not per process × core (torchrun would set 1 and warn).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's sockets on the loopback
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: keep gloo's sockets on the loopback
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     status_dir = Path(tempfile.mkdtemp(prefix="toolkit-launch-"))
     env[STATUS_ENV] = str(status_dir)

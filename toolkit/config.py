@@ -125,6 +125,9 @@ class LatencyConfig:
     warmup: int = _f(20, "untimed runs first")
     runs: int = _f(200, "timed runs")
     threads: int = _f(0, "threads (0 = the target profile's)")
+    new_tokens: int = _f(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
+                             "EOS ignored; time to first token and tokens/s (0 = off)")
+    generation_runs: int = _f(5, "generation timing: timed decodes (after one untimed)")
 
 
 @dataclass
@@ -364,6 +367,9 @@ def validate(recipe: Recipe, file: str) -> None:
         ("eval.latency.warmup", e.latency.warmup, e.latency.warmup >= 0, "must be >= 0"),
         ("eval.latency.runs", e.latency.runs, e.latency.runs >= 1, "must be at least 1"),
         ("eval.latency.threads", e.latency.threads, e.latency.threads >= 0, "must be >= 0"),
+        ("eval.latency.new_tokens", e.latency.new_tokens, e.latency.new_tokens >= 0, "must be >= 0 (0 = off)"),
+        ("eval.latency.generation_runs", e.latency.generation_runs, e.latency.generation_runs >= 1,
+         "must be at least 1"),
         ("eval.max_new_tokens", e.max_new_tokens, e.max_new_tokens >= 1, "must be at least 1"),
         ("eval.num_beams", e.num_beams, e.num_beams >= 1, "must be at least 1"),
         ("eval.perplexity_stride", e.perplexity_stride, e.perplexity_stride >= 0, "must be >= 0"),

@@ -93,12 +93,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", f"{PARETO_MARK} on the quality–latency Pareto front of that target; {RECOMMENDED_MARK} recommended "
             f"for it; {NO_FIT_MARK} over the target's model-size/memory budget. A latency cell shows p50 and the "
             f"speed-up against the baseline; its label says whether it was measured on the device or estimated.", ""]
+    out += _generation(variants)
     out += _conventions(report, names)
     out += _flags(report)
     plots = report.get("plots") or []
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _generation(variants: list[dict[str, Any]]) -> list[str]:
+    """Host generation timing per variant and runtime (language models, seq2seq), when measured."""
+    rows = []
+    for v in variants:
+        by_runtime = (v["latency"].get("host") or {}).get("by_runtime") or {}
+        for runtime, entry in by_runtime.items():
+            g = entry.get("generation") if isinstance(entry, dict) else None
+            if isinstance(g, dict) and isinstance(g.get("ttft_ms"), (int, float)):
+                tps = g.get("tokens_per_s")
+                rows.append(f"| `{v['name']}` | {runtime} | {ms(g['ttft_ms'])} | "
+                            f"{f'{tps:.1f}' if isinstance(tps, (int, float)) else '—'} | "
+                            f"{g.get('prompt_tokens', '—')} → {g.get('new_tokens', '—')} |")
+    if not rows:
+        return []
+    return ["## Generation on the host", "",
+            "| variant | runtime | time to first token | tokens/s (decode) | prompt → new tokens |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def _latency_cell(report: dict[str, Any], v: dict[str, Any], t: str) -> str:

@@ -359,6 +359,17 @@ def test_language_model_perplexity_in_onnxruntime_equals_pytorch(tmp_path):
     vocab = len(load_tokenizer(run.variant("base") / "model"))
     assert 1 < base["metrics"]["perplexity"] < vocab  # a uniform model's perplexity is the vocabulary size
     assert {"onnxruntime", "torch"} <= set(base["latency"]["host"]["by_runtime"])
+    # generation timing from the default [eval.latency] new_tokens = 32, in both runtimes
+    for runtime, entry in base["latency"]["host"]["by_runtime"].items():
+        g = entry["generation"]
+        assert (g["new_tokens"], g["runs"]) == (32, 5), runtime
+        assert 0 < g["ttft_ms"] < g["total_ms"] and g["tokens_per_s"] > 0
+        assert g["prompt_tokens"] <= 16  # the first timed sample's real tokens
+    assert onnx["latency"]["host"]["generation"]["new_tokens"] == 32
+    assert "greedy decode of 32 new tokens" in base["conventions"]["generation_latency"]
+    md = (run.path / "report.md").read_text()
+    ttft = base["latency"]["host"]["by_runtime"]["torch"]["generation"]["ttft_ms"]
+    assert "## Generation on the host" in md and f"| `base` | torch | {ttft:.3f} ms |" in md
 
     bad = recipe_from_dict({**_plain(recipe), "eval": {"perplexity_stride": 64}})
     with pytest.raises(UserError, match="eval.perplexity_stride = 64 is longer than the window"):
@@ -401,6 +412,10 @@ def test_seq2seq_generation_in_onnxruntime_equals_pytorch(tmp_path):
     assert "stemmer=on" in base["conventions"]["rouge"]
     assert "greedy, max_new_tokens=8" in base["conventions"]["generation"]
     assert onnx["latency"]["host"]["graph"] == "encoder"
+    for out_ in (base, onnx):  # generation: encoder + cached decoder steps, in every runtime the variant has
+        for entry in out_["latency"]["host"]["by_runtime"].values():
+            assert entry["generation"]["new_tokens"] == 32 and entry["generation"]["ttft_ms"] > 0
+    assert set(base["latency"]["host"]["by_runtime"]) == {"onnxruntime", "torch"}
     # both graphs count towards the variant's size
     assert onnx["size_bytes"] == sum((run.variant("onnx-copy") / f).stat().st_size
                                      for f in ("encoder_model.onnx", "decoder_model_merged.onnx"))

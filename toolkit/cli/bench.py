@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, metavar="V",
                    help="synthetic token ids in [0, V) (default: below the model's embedding table where it shows "
                         "one, else 1..99)")
+    p.add_argument("--new-tokens", type=int, metavar="N",
+                   help="time generation instead: a greedy decode of N tokens (batch 1, a --seq-len-token prompt) "
+                        "with the graph's KV cache; reports time to first token and tokens/s. Takes a causal LM's "
+                        "model.onnx, or a seq2seq encoder_model.onnx with its decoder_model_merged.onnx beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--samples", action="store_true", help="with --json: include every per-call time (ns)")
 
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         if target.name != "host":
             print(f"note: measured on this machine with target '{target.name}''s threads ({threads}); "
                   "measuring on the device itself comes with remote runners", file=sys.stderr)
+    if args.new_tokens is not None:
+        return _run_generation(args, threads or os.cpu_count() or 1, target_name)
     options: dict[str, Any] = {}
     if args.provider:
         options["providers"] = args.provider
@@ -79,6 +85,65 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(samples=args.samples), indent=2))
     else:
         _print_table(result)
+    return 0
+
+
+def _run_generation(args: argparse.Namespace, threads: int, target_name: str | None) -> int:
+    """``--new-tokens``: time to first token and tokens/s of an ONNX language model or seq2seq pair."""
+    import json as _json
+    from pathlib import Path
+
+    import numpy as np
+
+    from toolkit.eval import generation_steps as gs
+    from toolkit.eval.backends import _onnx_vocab_sizes, require_file
+    from toolkit.eval.latency_generation import time_generation
+
+    if args.new_tokens < 1:
+        raise UserError(f"--new-tokens must be at least 1 (got {args.new_tokens})")
+    path = require_file(args.model)
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"{path}: --new-tokens times ONNX graphs (.onnx); evaluate other formats with "
+                        "`python -m toolkit eval`")
+    seq_len = args.seq_len or 64
+    if seq_len < 1:
+        raise UserError(f"--seq-len must be at least 1 (got {seq_len})")
+    vocab = args.vocab_size or _onnx_vocab_sizes(path).get("input_ids") or 100
+    prompt = np.random.default_rng(args.seed).integers(1, max(vocab, 2), size=seq_len, dtype=np.int64)
+    config_file = path.parent / "config.json"
+    config = _json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if path.name.startswith("encoder_model"):
+        decoders = sorted(path.parent.glob("decoder_model_merged*.onnx")) or sorted(
+            p for p in path.parent.glob("decoder_model*.onnx") if "with_past" not in p.name)
+        if not decoders:
+            raise UserError(f"{path}: an encoder; generation needs decoder_model_merged.onnx beside it")
+        start = config.get("decoder_start_token_id")
+        if not isinstance(start, int):
+            raise UserError(f"{config_file}: no decoder_start_token_id; put the model's config.json beside the graphs")
+        step = gs.onnx_seq2seq_step(path, decoders[0], threads, start)
+    else:
+        step = gs.onnx_decoder_step(path, threads)
+    runs = args.runs or 5
+    try:
+        timing = time_generation(step, prompt, args.new_tokens, warmup=1, runs=runs)
+    except UserError:
+        raise
+    except Exception as e:  # a graph that is not a decoder (wrong inputs/outputs) fails inside onnxruntime
+        from toolkit.eval.backends import first_line
+
+        raise UserError(f"{path}: cannot run it as a decoder ({first_line(e)})") from e
+    result = {"model": str(path), "runtime": "onnxruntime", "threads": threads, "target": target_name,
+              "seq_len": seq_len, "batch": 1, "inputs": "synthetic", "source": "measured",
+              "generation": {k: v for k, v in timing.to_dict().items() if k != "tokens"}}
+    if args.json:
+        print(_json.dumps(result, indent=2))
+    else:
+        g = timing
+        tps = f"{g.tokens_per_s:.1f}" if g.tokens_per_s is not None else "-"
+        print(f"{path}\n  onnxruntime, {threads} thread{'s' if threads != 1 else ''}; prompt {g.prompt_tokens} "
+              f"tokens, {g.new_tokens} new (greedy, EOS ignored), {g.runs} runs after 1 warm-up\n"
+              f"  time to first token  {g.ttft_ms:.3f} ms\n  decode               {tps} tokens/s\n"
+              f"  end to end           {g.e2e_tokens_per_s:.1f} tokens/s ({g.total_ms:.2f} ms)")
     return 0
 
 

@@ -74,7 +74,8 @@ class Batches:
 
 
 def resolve_shape(spec: InputSpec, batch: int | None, seq_len: int | None, model: str) -> tuple[int, ...]:
-    """The concrete shape of ``spec``: fixed axes as declared, dynamic axis 0 = batch, other dynamic = seq_len.
+    """The concrete shape of ``spec``: fixed axes as declared, dynamic axis 0 = batch, other dynamic = seq_len,
+    except a KV cache's ``past_*`` length, which is 0 (``past_sequence_length + sequence_length`` is seq_len).
 
     Raises:
         UserError: an explicit ``batch``/``seq_len`` contradicts a fixed axis, or a shape cannot be known.
@@ -94,6 +95,8 @@ def resolve_shape(spec: InputSpec, batch: int | None, seq_len: int | None, model
                     f"pass {flag} {dim} or export the model with a dynamic axis"
                 )
             out.append(dim)
+        elif isinstance(dim, str) and axis > 0 and all(t.strip().startswith("past") for t in dim.split("+")):
+            out.append(0)  # a KV cache's length: empty, so the timed call is the prompt's forward (prefill)
         else:
             size = want or (DEFAULT_BATCH if axis == 0 else DEFAULT_SEQ_LEN)
             cap = spec.bounds[axis] if spec.bounds else None

@@ -159,11 +159,13 @@ def _all_variants(run: RunDir) -> dict[str, Any]:
 
 def _record(recipe: Recipe, variant: Any, quality: Any, keep: set[str] | None) -> dict[str, Any]:
     from toolkit.eval.evaluate import finite_or_none
-    from toolkit.eval.variant_latency import CONVENTION, graph_paths
+    from toolkit.eval.variant_latency import CONVENTION, GENERATION_CONVENTION, graph_paths
 
     metrics = {k: finite_or_none(v) for k, v in quality.metrics.items() if keep is None or k in keep}
     conventions = dict(quality.conventions)
     conventions["latency"] = CONVENTION
+    if recipe.task in ("language-modeling", "seq2seq") and recipe.eval.latency.new_tokens > 0:
+        conventions["generation_latency"] = GENERATION_CONVENTION.format(n=recipe.eval.latency.new_tokens)
     return {
         "schema_version": EVAL_SCHEMA, "variant": variant.name, "parent": variant.parent,
         "evaluated_with": quality.evaluated_with, "split": "eval", "examples": quality.examples,

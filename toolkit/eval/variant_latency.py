@@ -10,7 +10,10 @@
 Inputs: eval texts tokenised to ``[eval.latency] seq_len`` (truncated, right-padded with the mask at 0; a language
 model's eval text is cut into full windows of real tokens), or eval images. Seq2seq models are timed on their
 encoder graph (one forward of the source), which is what every runtime and the estimator can run alike; the
-entry says so (``graph``).
+entry says so (``graph``). Language models and seq2seq models also get ``generation`` on the host, per runtime
+(ONNX Runtime with the exported KV cache, PyTorch eager with its cache): time to first token and tokens/s of a
+greedy decode of ``[eval.latency] new_tokens`` tokens from a real eval prompt
+(:mod:`toolkit.eval.latency_generation`).
 """
 from __future__ import annotations
 
@@ -28,11 +31,16 @@ SAMPLES = 32
 """at most this many batches of real samples are cycled through the timed runs"""
 FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
           "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
-          "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file")
+          "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation")
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "ort-mobile": "ort", "executorch": "pte", "torch": "pytorch"}
 CONVENTION = ("p50/p90/p99/mean over timed runs after warm-up (toolkit.eval.latency: perf_counter_ns around each "
               "call, numpy linear percentiles); throughput = batch / mean; real eval samples; top-level fields = the "
               "target's preferred runtime, every runtime measured under by_runtime; source = measured | estimated")
+GENERATION_CONVENTION = (
+    "host, per runtime under latency.<target>.generation: greedy decode of {n} new tokens (EOS ignored), batch 1, "
+    "the first eval prompt; ttft_ms = prompt in to first token (seq2seq: encoder + first decoder step); "
+    "tokens_per_s = (new_tokens - 1) / decode time after the first token; medians over generation_runs; "
+    "ONNX Runtime with the exported KV cache, PyTorch eager with use_cache=True")
 
 
 def variant_files(variant: Any, task: str) -> dict[str, Path]:
@@ -45,6 +53,8 @@ def variant_files(variant: Any, task: str) -> dict[str, Path]:
     main = graphs.get("encoder" if task == "seq2seq" else "model")
     if main is not None:
         files["onnx"] = main
+    if "decoder" in graphs:  # seq2seq generation needs both graphs
+        files["decoder"] = graphs["decoder"]
     stem = main.stem if main is not None else ("encoder_model" if task == "seq2seq" else "model")
     for fmt in ("ort", "pte"):
         for p in (folder / f"{stem}.{fmt}", folder / f"model.{fmt}"):
@@ -186,7 +196,60 @@ def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, thre
             log(f"{label}host latency with {runtime} skipped: {e}", "warning")
             continue
         out[runtime] = _entry(r, graph=graph, file=shown(model if isinstance(model, Path) else enc.source, root))
+        if enc.task in ("language-modeling", "seq2seq") and cfg.new_tokens > 0 and runtime != "executorch":
+            try:
+                out[runtime]["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
+            except UserError as e:
+                log(f"{label}generation timing with {runtime} skipped: {e}", "warning")
     return out
+
+
+def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, threads: int,
+                       base: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Time to first token and tokens/s of a greedy decode (batch 1) from the first eval prompt, in ``runtime``.
+
+    The prompt is the first timed sample's real tokens (a language model's prompt leaves room for the new tokens
+    in the model's positions). EOS is ignored so every decode makes ``new_tokens`` tokens.
+    """
+    import json
+
+    from toolkit.eval import generation_steps as gs
+    from toolkit.eval.latency_generation import time_generation
+
+    config: dict[str, Any] = {}
+    if enc.model is not None and runtime == "torch":
+        config = enc.model.config.to_dict()
+    else:
+        for folder in (files["onnx"].parent if "onnx" in files else None, Path(enc.source) if enc.source else None):
+            if folder is not None and (folder / "config.json").is_file():
+                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                break
+    prompt = base["input_ids"][0][base["attention_mask"][0] == 1]
+    if enc.task == "language-modeling":
+        positions = next((int(config[k]) for k in ("n_positions", "max_position_embeddings", "n_ctx")
+                          if isinstance(config.get(k), int)), None)
+        if positions is not None:
+            if positions <= cfg.new_tokens:
+                raise UserError(f"eval.latency.new_tokens = {cfg.new_tokens} leaves no room for a prompt in the "
+                                f"model's {positions} positions")
+            prompt = prompt[-(positions - cfg.new_tokens):]
+    if runtime == "torch":
+        step = gs.torch_step(enc.model, threads)
+    elif runtime == "onnxruntime" and enc.task == "seq2seq":
+        if "decoder" not in files or "onnx" not in files:
+            raise UserError("no decoder graph beside the encoder")
+        start = config.get("decoder_start_token_id")
+        if not isinstance(start, int):
+            raise UserError("no decoder_start_token_id in the variant's config.json")
+        step = gs.onnx_seq2seq_step(files["onnx"], files["decoder"], threads, start)
+    elif runtime == "onnxruntime":
+        step = gs.onnx_decoder_step(files["onnx"], threads)
+    else:
+        raise UserError(f"no generation timing for {runtime}")
+    timing = time_generation(step, prompt, cfg.new_tokens, warmup=1, runs=cfg.generation_runs).to_dict()
+    for key in ("tokens", "conventions", "warmup"):  # the conventions are eval.json's, once per variant
+        timing.pop(key)
+    return timing
 
 
 def top_level(by_runtime: dict[str, dict[str, Any]], preferred: str) -> dict[str, Any]:

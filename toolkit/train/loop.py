@@ -31,6 +31,9 @@ from toolkit.train import checkpoint as ckpt_io
 from toolkit.train import distributed
 from toolkit.train.distributed import DistEnv
 
+PROGRESS_INTERVAL_S = 0.1
+"""the least time between two progress events (log steps and the last step always get one)"""
+
 
 class TrainingDiverged(ToolkitError):
     """Too many non-finite losses or gradients in a row."""
@@ -300,7 +303,8 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
     # never waits for the GPU mid-run; a non-finite step is skipped on the device by the fused AdamW kernel
     # (found_inf), exactly as the fp16 GradScaler does. Steps that checkpoint, log or validate settle at once.
     defer = device.type == "cuda" if defer is None else defer
-    meter = {"samples": 0, "tokens": 0, "t0": time.perf_counter(), "total_samples": 0, "total_time": 0.0}
+    meter = {"samples": 0, "tokens": 0, "t0": time.perf_counter(), "total_samples": 0, "total_time": 0.0,
+             "progress_t": 0.0}
     pending: dict[str, Any] | None = None
     validation: dict[str, float] = {}
     emit("start", total=total, resumed_from=max(resumed_from, 0), world_size=env.world)
@@ -336,8 +340,11 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
         meter["total_time"] += time.perf_counter() - p["t"]
         if p["before"] is not None:
             with torch.no_grad():
-                num = sum(float((q - b).pow(2).sum()) for q, b in zip(trainable, p["before"]))
-                den = sum(float(b.pow(2).sum()) for b in p["before"])
+                # one host sync for the whole model (a float() per tensor costs a GPU sync each)
+                diffs = torch._foreach_sub([q.float() for q in trainable], [b.float() for b in p["before"]])
+                num = torch.stack(torch._foreach_norm(diffs)).double().pow(2).sum()
+                den = torch.stack(torch._foreach_norm([b.float() for b in p["before"]])).double().pow(2).sum()
+                num, den = torch.stack([num, den]).tolist()
             span = time.perf_counter() - meter["t0"]
             record = {
                 "step": state.step, "epoch": state.epoch + p["epoch_fraction"], "loss": loss_v,
@@ -348,7 +355,12 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
             log.write(record)
             emit("metric", values=record)
             meter.update(samples=0, tokens=0, t0=time.perf_counter())
-        emit("progress", step=state.step, total=total)
+        now = time.perf_counter()
+        if now - meter["progress_t"] >= PROGRESS_INTERVAL_S or state.step == total or p["before"] is not None:
+            # at most ~10 progress events a second: fast GPU steps would otherwise spend their time on the
+            # event file and the display
+            meter["progress_t"] = now
+            emit("progress", step=state.step, total=total)
 
     try:
         with _stop_on_signals() as stop, anomaly:

@@ -15,16 +15,15 @@ import pytest
 
 from toolkit import targets as tg
 from toolkit.errors import UserError
+from toolkit.reach import check_reach, ssh_command
 from toolkit.targets import (
     Target,
-    check_reach,
     detect_host,
     host_peak,
     int8_format,
     list_targets,
     load_target,
     recommended_int8,
-    ssh_command,
 )
 
 REPO = Path(__file__).resolve().parents[1]

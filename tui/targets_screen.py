@@ -139,7 +139,7 @@ class TargetsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="targets-check")
     def _check(self, targets: list[Any]) -> None:
-        from toolkit.targets import check_reach
+        from toolkit.reach import check_reach
 
         # ssh checks wait on the network: side by side, n hosts take one timeout, not n.
         with ThreadPoolExecutor(max_workers=min(8, len(targets)) or 1) as pool:

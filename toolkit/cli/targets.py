@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from toolkit.targets import SCHEMA_VERSION, check_reach, list_targets, load_target
+    from toolkit.reach import check_reach
+    from toolkit.targets import SCHEMA_VERSION, list_targets, load_target
 
     from toolkit.errors import UserError
 

@@ -52,13 +52,13 @@ class SshRunner:
 
     def ssh_args(self, words: list[str]) -> list[str]:
         """ssh ... -- user@host 'quoted words': the remote shell splits it back into exactly ``words``."""
-        from toolkit.targets import ssh_command
+        from toolkit.reach import ssh_command
 
         return ssh_command(self.target.reach, self.connect_timeout) + [shlex.join(words)]
 
     def scp_args(self, files: list[Path], remote_dir: str) -> list[str]:
         """scp with the same options as ssh (-P for the port), local paths after ``--``."""
-        from toolkit.targets import ssh_command
+        from toolkit.reach import ssh_command
 
         options = ssh_command(self.target.reach, self.connect_timeout)[1:-2]  # between "ssh" and "-- user@host"
         options = ["-P" if o == "-p" else o for o in options]

@@ -90,14 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_generation(args: argparse.Namespace, threads: int, target_name: str | None) -> int:
     """``--new-tokens``: time to first token and tokens/s of an ONNX language model or seq2seq pair."""
-    import json as _json
-    from pathlib import Path
-
     import numpy as np
 
     from toolkit.eval import generation_steps as gs
-    from toolkit.eval.backends import _onnx_vocab_sizes, require_file
+    from toolkit.eval.backends import _onnx_vocab_sizes, first_line, require_file
     from toolkit.eval.latency_generation import time_generation
+    from toolkit.eval.onnx_eval import graph_files, read_config
 
     if args.new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1 (got {args.new_tokens})")
@@ -110,17 +108,15 @@ def _run_generation(args: argparse.Namespace, threads: int, target_name: str | N
         raise UserError(f"--seq-len must be at least 1 (got {seq_len})")
     vocab = args.vocab_size or _onnx_vocab_sizes(path).get("input_ids") or 100
     prompt = np.random.default_rng(args.seed).integers(1, max(vocab, 2), size=seq_len, dtype=np.int64)
-    config_file = path.parent / "config.json"
-    config = _json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     if path.name.startswith("encoder_model"):
-        decoders = sorted(path.parent.glob("decoder_model_merged*.onnx")) or sorted(
-            p for p in path.parent.glob("decoder_model*.onnx") if "with_past" not in p.name)
-        if not decoders:
+        decoder = graph_files(path.parent, "seq2seq", path).get("decoder")
+        if decoder is None:
             raise UserError(f"{path}: an encoder; generation needs decoder_model_merged.onnx beside it")
-        start = config.get("decoder_start_token_id")
+        start = read_config(path.parent).get("decoder_start_token_id")
         if not isinstance(start, int):
-            raise UserError(f"{config_file}: no decoder_start_token_id; put the model's config.json beside the graphs")
-        step = gs.onnx_seq2seq_step(path, decoders[0], threads, start)
+            raise UserError(f"{path.parent / 'config.json'}: no decoder_start_token_id; put the model's "
+                            "config.json beside the graphs")
+        step = gs.onnx_seq2seq_step(path, decoder, threads, start)
     else:
         step = gs.onnx_decoder_step(path, threads)
     runs = args.runs or 5
@@ -129,14 +125,12 @@ def _run_generation(args: argparse.Namespace, threads: int, target_name: str | N
     except UserError:
         raise
     except Exception as e:  # a graph that is not a decoder (wrong inputs/outputs) fails inside onnxruntime
-        from toolkit.eval.backends import first_line
-
         raise UserError(f"{path}: cannot run it as a decoder ({first_line(e)})") from e
     result = {"model": str(path), "runtime": "onnxruntime", "threads": threads, "target": target_name,
               "seq_len": seq_len, "batch": 1, "inputs": "synthetic", "source": "measured",
               "generation": {k: v for k, v in timing.to_dict().items() if k != "tokens"}}
     if args.json:
-        print(_json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
     else:
         g = timing
         tps = f"{g.tokens_per_s:.1f}" if g.tokens_per_s is not None else "-"

@@ -11,24 +11,19 @@ HELP = "export every variant of a run to ONNX / .ort / .pte / TorchScript, each 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe TOML file (the one the run was made with)")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set export.atol=1e-3 (repeatable)")
+    from toolkit.cli.common import add_recipe_arguments
+
+    add_recipe_arguments(p, force=False, example="export.atol=1e-3")
     p.add_argument("--format", dest="formats", action="append", default=[], metavar="F",
                    help="onnx | ort | pte | torchscript (repeatable; default: the recipe's [export] formats)")
-    p.add_argument("--quiet", action="store_true", help="print only the result")
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from toolkit.cli.common import resolve_recipe, run_dir_for
+    from toolkit.cli.common import existing_run, resolve_recipe, stage_events
     from toolkit.config import EXPORT_FORMATS
-    from toolkit.console import ConsoleDisplay
     from toolkit.errors import UserError, did_you_mean
-    from toolkit.events import Emitter
-    from toolkit.rundir import RunDir, RunLock
 
     for fmt in args.formats:  # before anything heavy: a typo costs nothing
         if fmt not in EXPORT_FORMATS:
@@ -38,24 +33,11 @@ def run(args: argparse.Namespace) -> int:
         recipe = dataclasses.replace(recipe, export=dataclasses.replace(recipe.export, formats=list(args.formats)))
     if not recipe.export.formats:
         raise UserError(f"{args.recipe}: [export] formats is empty; name one, e.g. --format onnx")
-    run = RunDir(run_dir_for(args, recipe))
-    if not run.path.is_dir():
-        raise UserError(f"{run.path}: no such run directory; train first (python -m toolkit train {args.recipe}) "
-                        f"or pass --out RUN_DIR")
-    run.check_owner(recipe.name, recipe.task, force=False)
+    run = existing_run(args, recipe)
     from toolkit.export.stage import run_export
 
-    with RunLock(run, "export"), ConsoleDisplay(args.quiet) as display:
-        emitter = Emitter(run.events, recipe.name, [display])
-        emit = emitter.for_stage("export")
-        try:
-            results = run_export(recipe, run, emit, strict=True)
-        except Exception as e:
-            if getattr(e, "exit_code", 0) != 130:
-                emit("error", message=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise
-        finally:
-            emitter.close()
+    with stage_events(run, recipe, "export", args.quiet) as emit:
+        results = run_export(recipe, run, emit, strict=True)
     _print_table(results)
     print(f"run directory: {run.path}")
     return 0

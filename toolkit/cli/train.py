@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace, recipe: Any, env: Any) -> int:
         finally:
             emitter.close()
     val = result.validation if result else {}
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in val.items())
+    shown = "  ".join(f"{k} {v:.0f}" if k == "examples" else f"{k} {v:.4f}" for k, v in val.items())
     print(f"model: {run.final}" + (f"  (validation: {shown})" if shown else ""))
     return 0
 

@@ -266,15 +266,24 @@ def bundle_prepared(task: str, folder: Path | None, max_length: int, split_label
                            preprocess={**preprocess, "max_length": length, "pad_token_id": pad_id})
 
 
+def read_config(folder: Path | None) -> dict[str, Any]:
+    """A folder's config.json (the Hugging Face config a bundle carries), {} when there is none."""
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return {}
+    return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+
+
+def positions_in(config: dict[str, Any]) -> int | None:
+    """n_positions / max_position_embeddings / n_ctx of a config dict, when it has one."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
 def config_positions(folder: Path | None) -> int | None:
     """n_positions / max_position_embeddings from a folder's config.json, when there is one."""
-    if folder is None or not (Path(folder) / "config.json").is_file():
-        return None
-    cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if isinstance(cfg.get(key), int):
-            return int(cfg[key])
-    return None
+    return positions_in(read_config(folder))
 
 
 # --- ExecuTorch programs (a PT2E INT8 variant is a .pte only) ---------------------------------------------------

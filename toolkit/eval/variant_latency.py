@@ -199,8 +199,10 @@ def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, thre
         if enc.task in ("language-modeling", "seq2seq") and cfg.new_tokens > 0 and runtime != "executorch":
             try:
                 out[runtime]["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
-            except UserError as e:
-                log(f"{label}generation timing with {runtime} skipped: {e}", "warning")
+            except Exception as e:  # a graph the decode loop cannot drive: the other numbers still count
+                from toolkit.export.common import first_line
+
+                log(f"{label}generation timing with {runtime} skipped: {first_line(e)}", "warning")
     return out
 
 
@@ -211,28 +213,22 @@ def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg:
     The prompt is the first timed sample's real tokens (a language model's prompt leaves room for the new tokens
     in the model's positions). EOS is ignored so every decode makes ``new_tokens`` tokens.
     """
-    import json
-
     from toolkit.eval import generation_steps as gs
     from toolkit.eval.latency_generation import time_generation
+    from toolkit.eval.onnx_eval import positions_in, read_config
 
-    config: dict[str, Any] = {}
     if enc.model is not None and runtime == "torch":
         config = enc.model.config.to_dict()
     else:
-        for folder in (files["onnx"].parent if "onnx" in files else None, Path(enc.source) if enc.source else None):
-            if folder is not None and (folder / "config.json").is_file():
-                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-                break
+        config = read_config(files["onnx"].parent if "onnx" in files else None) or read_config(
+            Path(enc.source) if enc.source else None)
     prompt = base["input_ids"][0][base["attention_mask"][0] == 1]
-    if enc.task == "language-modeling":
-        positions = next((int(config[k]) for k in ("n_positions", "max_position_embeddings", "n_ctx")
-                          if isinstance(config.get(k), int)), None)
-        if positions is not None:
-            if positions <= cfg.new_tokens:
-                raise UserError(f"eval.latency.new_tokens = {cfg.new_tokens} leaves no room for a prompt in the "
-                                f"model's {positions} positions")
-            prompt = prompt[-(positions - cfg.new_tokens):]
+    positions = positions_in(config) if enc.task == "language-modeling" else None
+    if positions is not None:
+        if positions <= cfg.new_tokens:
+            raise UserError(f"eval.latency.new_tokens = {cfg.new_tokens} leaves no room for a prompt in the "
+                            f"model's {positions} positions")
+        prompt = prompt[-(positions - cfg.new_tokens):]
     if runtime == "torch":
         step = gs.torch_step(enc.model, threads)
     elif runtime == "onnxruntime" and enc.task == "seq2seq":
@@ -246,7 +242,13 @@ def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg:
         step = gs.onnx_decoder_step(files["onnx"], threads)
     else:
         raise UserError(f"no generation timing for {runtime}")
-    timing = time_generation(step, prompt, cfg.new_tokens, warmup=1, runs=cfg.generation_runs).to_dict()
+    import torch
+
+    torch_threads = torch.get_num_threads()  # torch_step sets the thread count; leave it as it was
+    try:
+        timing = time_generation(step, prompt, cfg.new_tokens, warmup=1, runs=cfg.generation_runs).to_dict()
+    finally:
+        torch.set_num_threads(torch_threads)
     for key in ("tokens", "conventions", "warmup"):  # the conventions are eval.json's, once per variant
         timing.pop(key)
     return timing

@@ -64,6 +64,24 @@ def test_failed_verification_is_not_recommended(tmp_path):
     assert _row(report, "int8")["verification_failed"] == ["variants/int8/model.ort"]
 
 
+def test_an_export_that_failed_outright_is_flagged_and_the_report_is_complete(tmp_path):
+    """An export that wrote no file (path None) is a line in report.md, not a crash (issue 12)."""
+    recipe, run = _copy(tmp_path, "cls")
+    f = run.variant("int8") / "export.json"
+    data = json.loads(f.read_text())
+    data["files"].append({"format": "pte", "path": None, "size_bytes": 0, "verified": False, "check": {},
+                          "reason": "RuntimeError: lowering failed"})
+    f.write_text(json.dumps(data))
+    with open(run.events, "a", encoding="utf-8") as events:  # the export stage's warning about it
+        events.write(json.dumps({"t": 1, "run": "cls", "stage": "export", "kind": "log", "level": "warning",
+                                 "message": "int8: pte export FAILED: RuntimeError: lowering failed"}) + "\n")
+    write_report(recipe, run)
+    md = run.report_md.read_text()
+    assert "`int8`: pte export FAILED (RuntimeError: lowering failed); not recommended" in md
+    report = json.loads(run.report_json.read_text())
+    assert report["recommendation"] == {"host": "student", "raspberry-pi-4": "student"}
+
+
 def test_fit_check_and_no_recommendation(tmp_path):
     recipe, run = _copy(tmp_path, "cls")
     rpi = load_target("raspberry-pi-4")

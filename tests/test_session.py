@@ -18,7 +18,7 @@ import pytest
 
 from toolkit import session
 from toolkit.config import DataConfig, EvalConfig, Recipe, TrainConfig
-from toolkit.errors import Interrupted, UserError
+from toolkit.errors import UserError
 from toolkit.events import read_events
 from toolkit.rundir import RunDir, atomic_dir, atomic_write_bytes, load_manifest, record_artifact
 from toolkit.session import Stage, run_session

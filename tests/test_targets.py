@@ -1,4 +1,4 @@
-"""Device profiles (toolkit/targets.py) and ``python -m toolkit targets``."""
+"""Device profiles (toolkit/targets/) and ``python -m toolkit targets``."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ import pytest
 
 from toolkit import targets as tg
 from toolkit.errors import UserError
+from toolkit.targets import host as host_module
 from toolkit.reach import check_reach, ssh_command
 from toolkit.targets import (
     Target,
@@ -120,8 +121,8 @@ def test_host_detection_is_sane_here():
 
 def test_host_on_arm_reads_features(monkeypatch):
     info = {"features": "fp asimd evtstrm aes pmull asimdhp cpuid asimdrdm asimddp i8mm", "cpu mhz": "2400"}
-    monkeypatch.setattr(tg, "_cpuinfo", lambda: info)
-    monkeypatch.setattr(tg.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(host_module, "_cpuinfo", lambda: info)
+    monkeypatch.setattr(host_module.platform, "machine", lambda: "aarch64")
     host = detect_host()
     assert host.arch == "aarch64" and host.isa == ["neon", "fp16", "dotprod", "i8mm"]
     assert int8_format(host)["format"] == "QDQ" and int8_format(host)["activation"] == "int8"

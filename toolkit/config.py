@@ -8,99 +8,90 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import UserError, did_you_mean
+from toolkit.schema import build, fields_of, setting, to_dict
 
 SCHEMA_VERSION = 1
-TASKS = ("text-classification", "language-modeling", "seq2seq", "image-classification")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 CLEAN_STEPS = ("html", "control", "whitespace", "lower", "punct", "dedup", "pii")
 AUGMENTATIONS = ("shift", "rotate", "noise")
-EXPORT_FORMATS = ("onnx", "ort", "pte", "torchscript")
-
-
-def _f(default: Any, doc: str, **kw: Any) -> Any:
-    """A dataclass field with its one-line doc string."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
-    return field(default=default, metadata={"doc": doc, **kw})
 
 
 @dataclass
 class DataConfig:
     """[data]: where the examples come from and how they are cleaned and split."""
 
-    train: str | list[str] = _f("", "training data: csv | tsv | jsonl | txt | an image folder | 'builtin:digits' | two line-aligned files [src, tgt]")
-    validation: str | list[str] = _f("", "validation data (early stopping, compression guards); empty: carved from train")
-    eval: str | list[str] = _f("", "held-out data for reported metrics; empty: carved from train")
-    split: list[float] = _f([0.7, 0.2, 0.1], "train/validation/eval fractions when only train is given (stratified, seeded)")
-    header: bool | str = _f("auto", "csv/tsv first row is a header: true | false | 'auto' (detected from the column names)")
-    text_column: str = _f("text", "column holding the text (classification, language modelling); a position '0', '1'… without a header")
-    label_column: str = _f("label", "column holding the class label")
-    source_column: str = _f("source", "seq2seq: column holding the source text")
-    target_column: str = _f("target", "seq2seq: column holding the target text")
-    group_column: str = _f("", "optional column naming a subgroup, for per-group metrics")
-    limit: int = _f(0, "use at most this many rows of each split (0 = all)")
-    clean: list[str] = _f([], "text cleaning steps, in order: html | control | whitespace | lower | punct | dedup | pii")
-    augment: list[str] = _f([], "image augmentation during training: shift | rotate | noise")
-    flag_constant_images: bool = _f(True, "warn about (and drop) all-black / all-white images")
-    max_length: int = _f(128, "maximum tokens per example (and the block size for language modelling)")
+    train: str | list[str] = setting("", "training data: csv | tsv | jsonl | txt | an image folder | 'builtin:digits' | two line-aligned files [src, tgt]")
+    validation: str | list[str] = setting("", "validation data (early stopping, compression guards); empty: carved from train")
+    eval: str | list[str] = setting("", "held-out data for reported metrics; empty: carved from train")
+    split: list[float] = setting([0.7, 0.2, 0.1], "train/validation/eval fractions when only train is given (stratified, seeded)")
+    header: bool | str = setting("auto", "csv/tsv first row is a header: true | false | 'auto' (detected from the column names)")
+    text_column: str = setting("text", "column holding the text (classification, language modelling); a position '0', '1'… without a header")
+    label_column: str = setting("label", "column holding the class label")
+    source_column: str = setting("source", "seq2seq: column holding the source text")
+    target_column: str = setting("target", "seq2seq: column holding the target text")
+    group_column: str = setting("", "optional column naming a subgroup, for per-group metrics")
+    limit: int = setting(0, "use at most this many rows of each split (0 = all)")
+    clean: list[str] = setting([], "text cleaning steps, in order: html | control | whitespace | lower | punct | dedup | pii")
+    augment: list[str] = setting([], "image augmentation during training: shift | rotate | noise")
+    flag_constant_images: bool = setting(True, "warn about (and drop) all-black / all-white images")
+    max_length: int = setting(128, "maximum tokens per example (and the block size for language modelling)")
 
 
 @dataclass
 class ModelConfig:
     """[model]: what is trained or compressed."""
 
-    source: str = _f("", "a local Hugging Face model directory, an .onnx file (compression only), or builtin:<name> (bert-tiny | gpt2-tiny | bart-tiny | cnn-small); empty: the task's built-in")
-    hidden_size: int = _f(0, "built-in models: width (0 = the built-in's default)")
-    layers: int = _f(0, "built-in models: number of layers (0 = default)")
-    heads: int = _f(0, "built-in models: attention heads (0 = default)")
-    vocab_size: int = _f(4000, "built-in text models: size of the tokenizer trained on the training split")
+    source: str = setting("", "a local Hugging Face model directory, an .onnx file (compression only), or builtin:<name> (bert-tiny | gpt2-tiny | bart-tiny | cnn-small); empty: the task's built-in")
+    hidden_size: int = setting(0, "built-in models: width (0 = the built-in's default)")
+    layers: int = setting(0, "built-in models: number of layers (0 = default)")
+    heads: int = setting(0, "built-in models: attention heads (0 = default)")
+    vocab_size: int = setting(4000, "built-in text models: size of the tokenizer trained on the training split")
 
 
 @dataclass
 class LoraConfig:
     """[train.lora]: parameter-efficient fine-tuning with LoRA adapters (peft); r = 0 trains every weight."""
 
-    r: int = _f(0, "adapter rank; 0 = off (full fine-tuning); e.g. 8: only the adapters and the task head train")
-    alpha: float = _f(16.0, "adapter scaling: the update B·A is multiplied by alpha / r")
-    dropout: float = _f(0.05, "dropout on the adapters' input during training")
-    target_modules: list[str] = _f([], "modules that get adapters (name suffixes); empty: the architecture's default (BERT query/value, GPT-2 c_attn, BART q_proj/v_proj)")
-    modules_to_save: list[str] = _f([], "modules trained in full beside the adapters; empty: the classification head (classifier / score), none for language models")
+    r: int = setting(0, "adapter rank; 0 = off (full fine-tuning); e.g. 8: only the adapters and the task head train")
+    alpha: float = setting(16.0, "adapter scaling: the update B·A is multiplied by alpha / r")
+    dropout: float = setting(0.05, "dropout on the adapters' input during training")
+    target_modules: list[str] = setting([], "modules that get adapters (name suffixes); empty: the architecture's default (BERT query/value, GPT-2 c_attn, BART q_proj/v_proj)")
+    modules_to_save: list[str] = setting([], "modules trained in full beside the adapters; empty: the classification head (classifier / score), none for language models")
 
 
 @dataclass
 class TrainConfig:
     """[train]: the training loop."""
 
-    enabled: bool = _f(True, "false: use the model as given (to compress an existing model)")
-    epochs: float = _f(3, "passes over the training split (ignored when max_steps > 0)")
-    max_steps: int = _f(0, "optimizer steps to run (0 = from epochs)")
-    batch_size: int = _f(32, "global batch size, whatever the number of processes or accumulation steps")
-    lr: float = _f(5e-4, "peak learning rate (AdamW)")
-    schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine | linear | constant")
-    warmup: float = _f(0.06, "warm-up: a fraction of the steps (< 1) or a number of steps (>= 1)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms)")
-    dropout: float = _f(0.1, "dropout probability set on the model (built-in and Hugging Face configs)")
-    precision: str = _f("fp32", "fp32 | bf16 | fp16 (torch.autocast; fp16 with a gradient scaler)")
-    grad_accum: int = _f(1, "micro-batches per optimizer step (batch_size is split between them)")
-    clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
-    checkpoint_every: int = _f(200, "save a checkpoint every this many optimizer steps (0 = only at the end)")
-    keep_checkpoints: int = _f(2, "keep the newest this many checkpoints")
-    log_every: int = _f(10, "log loss, LR, gradient norm, update ratio and throughput every this many steps")
-    eval_every: int = _f(0, "validate every this many steps (0 = at the end of each epoch)")
-    early_stopping: int = _f(0, "stop after this many validations without improvement (0 = off)")
-    max_bad_steps: int = _f(5, "stop after this many non-finite losses/gradients in a row")
-    deterministic: bool = _f(False, "deterministic kernels and data order: resuming gives bit-identical weights")
-    detect_anomaly: bool = _f(False, "torch.autograd.detect_anomaly (slow; finds the op that made a NaN)")
-    device: str = _f("auto", "auto | cpu | cuda")
-    threads: int = _f(0, "torch threads for training on CPU (0 = torch's default)")
+    enabled: bool = setting(True, "false: use the model as given (to compress an existing model)")
+    epochs: float = setting(3, "passes over the training split (ignored when max_steps > 0)")
+    max_steps: int = setting(0, "optimizer steps to run (0 = from epochs)")
+    batch_size: int = setting(32, "global batch size, whatever the number of processes or accumulation steps")
+    lr: float = setting(5e-4, "peak learning rate (AdamW)")
+    schedule: str = setting("cosine", "learning-rate schedule after warm-up: cosine | linear | constant")
+    warmup: float = setting(0.06, "warm-up: a fraction of the steps (< 1) or a number of steps (>= 1)")
+    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to biases and norms)")
+    dropout: float = setting(0.1, "dropout probability set on the model (built-in and Hugging Face configs)")
+    precision: str = setting("fp32", "fp32 | bf16 | fp16 (torch.autocast; fp16 with a gradient scaler)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (batch_size is split between them)")
+    clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)")
+    checkpoint_every: int = setting(200, "save a checkpoint every this many optimizer steps (0 = only at the end)")
+    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints")
+    log_every: int = setting(10, "log loss, LR, gradient norm, update ratio and throughput every this many steps")
+    eval_every: int = setting(0, "validate every this many steps (0 = at the end of each epoch)")
+    early_stopping: int = setting(0, "stop after this many validations without improvement (0 = off)")
+    max_bad_steps: int = setting(5, "stop after this many non-finite losses/gradients in a row")
+    deterministic: bool = setting(False, "deterministic kernels and data order: resuming gives bit-identical weights")
+    detect_anomaly: bool = setting(False, "torch.autograd.detect_anomaly (slow; finds the op that made a NaN)")
+    device: str = setting("auto", "auto | cpu | cuda")
+    threads: int = setting(0, "torch threads for training on CPU (0 = torch's default)")
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"doc": "LoRA adapters ([train.lora])"})
 
 
@@ -108,50 +99,50 @@ class TrainConfig:
 class ExportConfig:
     """[export]: the deployable files made for every variant."""
 
-    formats: list[str] = _f(["onnx", "ort"], "onnx | ort (ONNX Runtime Mobile) | pte (ExecuTorch, extra 'executorch') | torchscript")
-    opset: int = _f(18, "ONNX opset")
-    atol: float = _f(1e-4, "float exports must match PyTorch within this absolute difference")
-    min_agreement: float = _f(0.95, "lossy (INT8/FP16) exports: minimum agreement of predicted labels/tokens with the parent")
-    min_cosine: float = _f(0.98, "lossy exports: minimum mean cosine similarity of logits with the parent")
-    verify_samples: int = _f(32, "eval samples used to verify each export")
+    formats: list[str] = setting(["onnx", "ort"], "onnx | ort (ONNX Runtime Mobile) | pte (ExecuTorch, extra 'executorch') | torchscript")
+    opset: int = setting(18, "ONNX opset")
+    atol: float = setting(1e-4, "float exports must match PyTorch within this absolute difference")
+    min_agreement: float = setting(0.95, "lossy (INT8/FP16) exports: minimum agreement of predicted labels/tokens with the parent")
+    min_cosine: float = setting(0.98, "lossy exports: minimum mean cosine similarity of logits with the parent")
+    verify_samples: int = setting(32, "eval samples used to verify each export")
 
 
 @dataclass
 class LatencyConfig:
     """[eval.latency]: how latency is measured."""
 
-    batch: int = _f(1, "batch size of the timed inputs")
-    seq_len: int = _f(64, "sequence length of the timed inputs (text models)")
-    warmup: int = _f(20, "untimed runs first")
-    runs: int = _f(200, "timed runs")
-    threads: int = _f(0, "threads (0 = the target profile's)")
-    new_tokens: int = _f(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
+    batch: int = setting(1, "batch size of the timed inputs")
+    seq_len: int = setting(64, "sequence length of the timed inputs (text models)")
+    warmup: int = setting(20, "untimed runs first")
+    runs: int = setting(200, "timed runs")
+    threads: int = setting(0, "threads (0 = the target profile's)")
+    new_tokens: int = setting(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
                              "EOS ignored; time to first token and tokens/s (0 = off)")
-    generation_runs: int = _f(5, "generation timing: timed decodes (after one untimed)")
+    generation_runs: int = setting(5, "generation timing: timed decodes (after one untimed)")
 
 
 @dataclass
 class EvalConfig:
     """[eval]: quality metrics and latency of every variant."""
 
-    targets: list[str] = _f(["host"], "device profiles to report latency for (measured where reachable, else estimated)")
-    max_quality_drop: float = _f(0.01, "the recommendation's budget: largest drop of the main metric vs the baseline (fraction, or points/100)")
+    targets: list[str] = setting(["host"], "device profiles to report latency for (measured where reachable, else estimated)")
+    max_quality_drop: float = setting(0.01, "the recommendation's budget: largest drop of the main metric vs the baseline (fraction, or points/100)")
     latency: LatencyConfig = field(default_factory=LatencyConfig, metadata={"doc": "latency measurement"})
-    robustness: bool = _f(False, "also evaluate under perturbations (text: swaps, drops, casing; images: noise, shifts)")
-    max_new_tokens: int = _f(32, "generation (seq2seq, language modelling): tokens to generate")
-    num_beams: int = _f(1, "generation: 1 = greedy, >1 = beam search")
-    perplexity_stride: int = _f(0, "perplexity: sliding-window stride (0 = half the window)")
-    limit: int = _f(0, "evaluate at most this many eval examples (0 = all)")
+    robustness: bool = setting(False, "also evaluate under perturbations (text: swaps, drops, casing; images: noise, shifts)")
+    max_new_tokens: int = setting(32, "generation (seq2seq, language modelling): tokens to generate")
+    num_beams: int = setting(1, "generation: 1 = greedy, >1 = beam search")
+    perplexity_stride: int = setting(0, "perplexity: sliding-window stride (0 = half the window)")
+    limit: int = setting(0, "evaluate at most this many eval examples (0 = all)")
 
 
 @dataclass
 class Recipe:
     """A recipe: one run of the toolkit (DESIGN.md)."""
 
-    schema_version: int = _f(SCHEMA_VERSION, "recipe format version")
-    name: str = _f("run", "identifies the run; the default run directory is runs/<name>")
-    task: str = _f("text-classification", "text-classification | language-modeling | seq2seq | image-classification")
-    seed: int = _f(0, "the one seed of the run (data split, initialisation, order, dropout)")
+    schema_version: int = setting(SCHEMA_VERSION, "recipe format version")
+    name: str = setting("run", "identifies the run; the default run directory is runs/<name>")
+    task: str = setting("text-classification", "text-classification | language-modeling | seq2seq | image-classification")
+    seed: int = setting(0, "the one seed of the run (data split, initialisation, order, dropout)")
     data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "data"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "training"})
@@ -160,6 +151,20 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "evaluation"})
     # Where the recipe was read from: relative data paths resolve against its folder.
     source_path: str = field(default="", metadata={"doc": "internal", "internal": True}, compare=False)
+    # The [[compress]] tables parsed into typed step settings (by validate), with the tables they were parsed from.
+    _parsed: tuple = field(default=(), metadata={"doc": "internal", "internal": True}, compare=False, repr=False)
+
+    @property
+    def steps(self) -> list:
+        """The [[compress]] steps as typed settings (``toolkit.steps``): names unique, parents filled in.
+
+        Parsed once when the recipe is validated; parsed again only when ``compress`` was replaced since.
+        """
+        if not self._parsed or self._parsed[0] != self.compress:
+            from toolkit.steps import parse_steps
+
+            self._parsed = (_deepcopy(self.compress), parse_steps(self.compress, self.source_path or "recipe"))
+        return list(self._parsed[1])
 
     def base_dir(self) -> Path:
         """The folder relative data/model paths are resolved against (the recipe's, else the cwd)."""
@@ -187,75 +192,6 @@ ALIASES: dict[str, dict[str, str]] = {
     "model": {"path": "source", "name_or_path": "source", "model_name_or_path": "source",
               "num_layers": "layers", "n_layer": "layers", "num_heads": "heads", "d_model": "hidden_size"},
 }
-
-
-def fields_of(cls: type) -> dict[str, dataclasses.Field]:
-    """The user-visible fields of a config dataclass, by name."""
-    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "none"
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-            dict: "a table"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints widen to floats. Raises UserError."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, where)
-            except UserError:
-                continue
-    elif origin is list:
-        if isinstance(value, list):
-            (item,) = typing.get_args(tp)
-            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    elif tp is dict:
-        if isinstance(value, dict):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    shown = repr(value) if not isinstance(value, str) else f'"{value}"'
-    raise UserError(f"{where} = {shown}: expected {_type_name(tp)}")
-
-
-def _build(cls: type, table: dict[str, Any], section: str, file: str) -> Any:
-    """Make ``cls`` from a TOML table; unknown keys and wrong types are UserErrors naming the key."""
-    hints = typing.get_type_hints(cls)
-    known = fields_of(cls)
-    kwargs: dict[str, Any] = {}
-    label = f"[{section}]" if section else "the top level"
-    for key, value in table.items():
-        if key not in known:
-            choices = {**{k: k for k in known}, **ALIASES.get(section, {})}
-            raise UserError(f"{file}: unknown key '{key}' in {label}{did_you_mean(key, choices)}")
-        tp = hints[key]
-        where = f"{file}: {section + '.' if section else ''}{key}"
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise UserError(f"{where}: expected a table [{key}]")
-            kwargs[key] = _build(tp, value, key if not section else f"{section}.{key}", file)
-        else:
-            kwargs[key] = _coerce(value, tp, where)
-    return cls(**kwargs)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -305,8 +241,10 @@ def validate(recipe: Recipe, file: str) -> None:
 
     if recipe.schema_version != SCHEMA_VERSION:
         raise bad("schema_version", recipe.schema_version, f"this toolkit reads version {SCHEMA_VERSION}")
+    from toolkit.registry import FORMATS, TASKS
+
     if recipe.task not in TASKS:
-        raise UserError(f"{file}: task = '{recipe.task}' is not a task{did_you_mean(recipe.task, list(TASKS))}")
+        raise UserError(f"{file}: task = '{recipe.task}' is not a task{did_you_mean(recipe.task, TASKS.names())}")
     if not recipe.name or "/" in recipe.name or recipe.name.startswith("."):
         raise bad("name", recipe.name, "must be a plain, non-empty name (it names the run directory)")
     checks = [
@@ -353,8 +291,8 @@ def validate(recipe: Recipe, file: str) -> None:
         raise bad("data.header", d.header, "must be true, false or \"auto\"")
     e, x = recipe.eval, recipe.export
     for fmt in x.formats:
-        if fmt not in EXPORT_FORMATS:
-            raise UserError(f"{file}: export.formats: unknown format '{fmt}'{did_you_mean(fmt, list(EXPORT_FORMATS))}")
+        if fmt not in FORMATS:
+            raise UserError(f"{file}: export.formats: unknown format '{fmt}'{did_you_mean(fmt, FORMATS.names())}")
     more = [
         ("export.opset", x.opset, 13 <= x.opset <= 23, "must be between 13 and 23"),
         ("export.atol", x.atol, x.atol > 0, "must be > 0"),
@@ -381,10 +319,10 @@ def validate(recipe: Recipe, file: str) -> None:
     if not e.targets:
         raise bad("eval.targets", e.targets, "name at least one target, e.g. [\"host\"]")
     if recipe.compress:
-        # Each method's keys are checked by its own config dataclass (the compression registry).
-        from toolkit.compress.registry import parse_steps
+        # Each method's keys are checked by its own settings dataclass (the compression registry), once.
+        from toolkit.steps import parse_steps
 
-        parse_steps(recipe.compress, file)
+        recipe._parsed = (_deepcopy(recipe.compress), parse_steps(recipe.compress, file))
     for key in ("train", "validation", "eval"):
         value = getattr(d, key)
         if isinstance(value, list) and len(value) != 2:
@@ -397,7 +335,7 @@ def recipe_from_dict(data: dict[str, Any], file: str = "<recipe>", overrides: li
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(data, path, value, text)
-    recipe = _build(Recipe, data, "", file)
+    recipe = build(Recipe, data, "", file, ALIASES)
     validate(recipe, file)
     return recipe
 
@@ -418,15 +356,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     recipe = recipe_from_dict(data, str(p), overrides)
     recipe.source_path = str(p.resolve())
     return recipe
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A config dataclass as a TOML-ready dict (internal fields left out)."""
-    out: dict[str, Any] = {}
-    for name, f in fields_of(type(obj)).items():
-        value = getattr(obj, name)
-        out[name] = to_dict(value) if dataclasses.is_dataclass(value) else value
-    return out
 
 
 def dumps_toml(recipe: Recipe) -> str:

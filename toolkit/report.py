@@ -5,25 +5,26 @@ Built only from the run directory's files — ``variants/*/variant.json``, ``exp
 time and never depends on what a process held in memory.
 
 Decisions, per target:
-- **main metric**: accuracy (classification), BLEU (seq2seq), perplexity (language modelling, lower is better).
-- **quality drop** vs the baseline: accuracy in absolute fractions; BLEU in points/100; perplexity as the
-  relative increase. A variant is ``within_budget`` when its drop is at most ``[eval] max_quality_drop``.
+- **main metric**: the task's (``Task.main_metric``): accuracy for classifiers, BLEU for seq2seq, perplexity for
+  language models (lower is better); the task's secondary metric is named beside it.
+- **quality drop** vs the baseline, in the main metric's terms: accuracy in absolute fractions; BLEU in
+  points/100; perplexity as the relative increase. A variant is ``within_budget`` when its drop is at most
+  ``[eval] max_quality_drop``.
 - **Pareto front**: the variants no other variant beats on both quality and p50 latency on that target.
 - **recommendation**: the fastest (p50) variant that is within budget, fits the device's model-size/memory
   budget and has no failed export verification; null (and a plain sentence in report.md) when none does.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.config import Recipe, config_hash, to_dict
+from toolkit.config import Recipe
 from toolkit.rundir import (RunDir, atomic_write_json, atomic_write_text, load_manifest, record_artifact,
                             sha256_path, update_manifest)
+from toolkit.tasks.base import MainMetric
 
 REPORT_SCHEMA = 1
 STAGE = "report"
@@ -33,41 +34,11 @@ METRIC_ORDER = ("accuracy", "f1_macro", "auc_roc", "bleu", "chrf", "rouge1", "ro
 LOWER_IS_BETTER = {"perplexity", "loss"}
 
 
-@dataclass(frozen=True)
-class MainMetric:
-    """The metric the recommendation weighs, and how its drop against the baseline is measured."""
-
-    name: str
-    higher_is_better: bool
-    drop: str
-    """absolute (fractions) | points (0-100 scale, divided by 100) | relative (fraction of the baseline)"""
-
-    def drop_of(self, baseline: float, value: float) -> float:
-        """How much worse ``value`` is than ``baseline`` (negative: better), in the budget's units."""
-        if self.drop == "relative":
-            worse = (value - baseline) if not self.higher_is_better else (baseline - value)
-            return worse / abs(baseline) if baseline else float("inf") if worse > 0 else 0.0
-        worse = (baseline - value) if self.higher_is_better else (value - baseline)
-        return worse / 100.0 if self.drop == "points" else worse
-
-    def describe(self) -> str:
-        return {"absolute": f"{self.name} drop = baseline − variant (fractions)",
-                "points": f"{self.name} drop = (baseline − variant) / 100 (points on the 0–100 scale / 100)",
-                "relative": f"{self.name} drop = (variant − baseline) / baseline (relative increase; lower is better)",
-                }[self.drop]
-
-
-MAIN_METRICS = {
-    "text-classification": MainMetric("accuracy", True, "absolute"),
-    "image-classification": MainMetric("accuracy", True, "absolute"),
-    "seq2seq": MainMetric("bleu", True, "points"),
-    "language-modeling": MainMetric("perplexity", False, "relative"),
-}
-
-
 def main_metric(task: str) -> MainMetric:
-    """The recommendation's metric for ``task``."""
-    return MAIN_METRICS.get(task, MainMetric("accuracy", True, "absolute"))
+    """The recommendation's metric for ``task`` (the task says which; ``toolkit.tasks``)."""
+    from toolkit.tasks import get_task
+
+    return get_task(task).main_metric
 
 
 # ---- reading the run directory ------------------------------------------------------------------------
@@ -211,6 +182,8 @@ def _load_profiles(names: list[str]) -> dict[str, Any]:
 
 def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json's content (DESIGN.md shape plus the decisions' inputs), from the run directory's files."""
+    from toolkit.tasks import get_task
+
     metric = main_metric(recipe.task)
     order = [step.get("name", "") for step in recipe.compress if isinstance(step, dict)]
     manifest = load_manifest(run)
@@ -248,7 +221,8 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
             row["within_budget"] = row["quality_drop"] <= budget + TOLERANCE
         else:
             row["quality_drop"] = None
-        row["verification_failed"] = [f["path"] for f in row["files"] if f.get("verified") is False]
+        row["verification_failed"] = [f["path"] or f"{f.get('format')} export" for f in row["files"]
+                                      if f.get("verified") is False]
         row["speedup"], row["fit"] = {}, {}
         for t in targets:
             lat, base_lat = row["latency"].get(t), (base or {}).get("latency", {}).get(t)
@@ -271,7 +245,8 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
         "baseline": base["name"] if base else None, "variants": rows, "pareto": pareto,
         "recommendation": recommendation,
         "main_metric": {"name": metric.name, "higher_is_better": metric.higher_is_better, "drop": metric.drop,
-                        "baseline": base_value, "max_quality_drop": budget, "definition": metric.describe()},
+                        "baseline": base_value, "max_quality_drop": budget, "definition": metric.describe(),
+                        "secondary": get_task(recipe.task).secondary_metric},
         "no_recommendation": {t: why for t, why in reasons.items() if why},
         "targets": {t: _target_summary(profiles.get(t)) for t in targets},
         "conventions": {
@@ -321,28 +296,6 @@ def _target_summary(profile: Any) -> dict[str, Any]:
 
 # ---- writing -------------------------------------------------------------------------------------------
 
-def report_inputs_hash(recipe: Recipe, run: RunDir) -> str:
-    """sha256 over everything the report is built from (so an unchanged report need not be rewritten)."""
-    h = hashlib.sha256(f"schema {REPORT_SCHEMA}\n".encode())
-    d = to_dict(recipe)
-    h.update(config_hash({k: d[k] for k in ("name", "task", "eval", "compress")}).encode())
-    for folder in _variant_dirs(run, []):
-        for name in ("variant.json", "export.json", "eval.json"):
-            f = folder / name
-            h.update(f"{folder.name}/{name}\0".encode())
-            h.update(f.read_bytes() if f.exists() else b"-")
-    h.update(run.metrics.read_bytes() if run.metrics.exists() else b"-")
-    h.update(json.dumps(load_manifest(run).get("verification", {}), sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def report_is_current(recipe: Recipe, run: RunDir) -> bool:
-    """True when report.json and report.md were written from exactly the run's present files."""
-    recorded = load_manifest(run).get("report", {}).get("inputs")
-    return bool(recorded) and run.report_json.exists() and run.report_md.exists() and \
-        recorded == report_inputs_hash(recipe, run)
-
-
 def write_report(recipe: Recipe, run: RunDir) -> Path:
     """Write plots/*.png, report.md and report.json (last: its presence means the report is complete).
 
@@ -352,14 +305,13 @@ def write_report(recipe: Recipe, run: RunDir) -> Path:
     from toolkit.plots import write_plots
     from toolkit.report_md import render_markdown
 
-    inputs = report_inputs_hash(recipe, run)
     report = build_report(recipe, run)
     report["plots"] = write_plots(report, read_metrics_log(run), run)
     atomic_write_text(run.report_md, render_markdown(report))
     atomic_write_json(run.report_json, report)
     for path in [run.report_md, run.report_json, *(run.path / p for p in report["plots"])]:
         record_artifact(run, path.relative_to(run.path).as_posix(), "report", path, STAGE)
-    update_manifest(run, report={"inputs": inputs, "written": round(time.time(), 3)})
+    update_manifest(run, report={"written": round(time.time(), 3)})
     return run.report_json
 
 

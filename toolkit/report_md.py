@@ -200,10 +200,13 @@ def _flags(report: dict[str, Any]) -> list[str]:
                 lines.append(f"- `{v['name']}` does not fit {t}: {'; '.join(fit['reasons'])}")
         for f in v.get("files", []):
             if f.get("verified") is False:
-                flagged.append(f["path"])
                 detail = f.get("reason") or _check_summary(f.get("check") or {})
-                lines.append(f"- `{v['name']}`: {f['path']} FAILED verification" + (f" ({detail})" if detail else "")
-                             + "; not recommended")
+                if f.get("path"):
+                    flagged.append(f["path"])
+                    what = f"{f['path']} FAILED verification"
+                else:  # the export itself failed: there is no file to name
+                    what = f"{f.get('format')} export FAILED"
+                lines.append(f"- `{v['name']}`: {what}" + (f" ({detail})" if detail else "") + "; not recommended")
             elif f.get("verified") is None and f.get("reason"):
                 lines.append(f"- `{v['name']}`: {f.get('format')} not made or not verified: {f['reason']}")
     # A stage's warning about a file already flagged above would only repeat it.

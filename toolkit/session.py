@@ -49,8 +49,6 @@ class Stage:
     """why the recipe gives this stage nothing to do (it is then skipped), or None"""
     files: Callable[[Recipe], dict[str, Path]] = lambda recipe: {}
     """local files the recipe names for this stage (data, model); their content is part of the stage hash"""
-    fresh: Callable[[Recipe, RunDir], str | None] | None = None
-    """an own up-to-date check that holds even after an earlier stage ran (why it is fresh, or None)"""
     resets: Callable[[Recipe, RunDir], None] | None = None
     """removes previous outputs the recipe no longer asks for, before the stage runs (no stale variant survives)"""
 
@@ -109,13 +107,6 @@ def _report(recipe: Recipe, run: RunDir, emit: StageEmitter) -> Any:
     return path
 
 
-def _report_fresh(recipe: Recipe, run: RunDir) -> str | None:
-    # The eval stage writes the report itself; rewriting it from the same inputs would only cost time.
-    from toolkit.report import report_is_current
-
-    return "report.json is up to date with the variants' results" if report_is_current(recipe, run) else None
-
-
 def _no_compress_steps(recipe: Recipe) -> str | None:
     return None if recipe.compress else "no [[compress]] steps in the recipe"
 
@@ -141,13 +132,7 @@ def _training_files(recipe: Recipe) -> dict[str, Path]:
 def _drop_stale_variants(recipe: Recipe, run: RunDir) -> None:
     """Before compression runs: remove variants of steps the recipe no longer has (the others the compress
     stage itself reuses or rebuilds, step by step)."""
-    names = [step.get("name") for step in recipe.compress]
-    if not all(names):
-        # A step without a name gets one from the registry (its method's, made unique): resolve them.
-        from toolkit.compress.registry import parse_steps
-
-        names = [s.name for s in parse_steps(recipe.compress, recipe.source_path or "recipe")]
-    keep = {"base", *names}
+    keep = {"base", *(s.name for s in recipe.steps)}
     if run.variants.is_dir():
         for child in run.variants.iterdir():
             if child.name not in keep and child.is_dir() and not child.is_symlink():
@@ -160,7 +145,7 @@ STAGES: list[Stage] = [
           resets=_drop_stale_variants),
     Stage("export", _export, ("task", "export"), no_work=_no_export_formats),
     Stage("eval", _eval, ("task", "data", "eval")),
-    Stage("report", _report, ("task", "eval"), fresh=_report_fresh),
+    Stage("report", _report, ("task", "eval")),
 ]
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 
@@ -321,8 +306,6 @@ def _run_stages(recipe: Recipe, run: RunDir, emitter: Emitter) -> None:
             emit("skip", reason=reason)
             continue
         skip = None if ran else _up_to_date(stage, recipe, run, manifest, ident)
-        if skip is None and stage.fresh is not None:
-            skip = stage.fresh(recipe, run)
         if skip is not None:
             if not manifest.get("stages", {}).get(stage.name):
                 _write_stage(run, stage.name, {"status": "done", **ident, "finished": time.time()})

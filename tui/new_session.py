@@ -53,7 +53,8 @@ class NewSessionScreen(Screen):
         self.valid = False
 
     def compose(self) -> ComposeResult:
-        from toolkit.config import EXPORT_FORMATS, PRECISIONS, TASKS
+        from toolkit.config import PRECISIONS
+        from toolkit.registry import TASKS, format_names
 
         yield Header()
         with VerticalScroll(id="form"):
@@ -61,7 +62,7 @@ class NewSessionScreen(Screen):
             yield Static("", id="f-recipe-path", classes="hint")
             yield _row("Name", Input(id="f-name", compact=True),
                        tooltip="names the run; the run directory is runs/<name>")
-            yield _row("Task", Select([(t, t) for t in TASKS], id="f-task", allow_blank=False, compact=True))
+            yield _row("Task", Select([(t, t) for t in TASKS.names()], id="f-task", allow_blank=False, compact=True))
             yield _row("Model", Input(id="f-model-source", placeholder="builtin:<name>, a model folder, an .onnx",
                                       compact=True),
                        tooltip="a local Hugging Face directory, an .onnx file (compression only), or builtin:<name>")
@@ -86,7 +87,7 @@ class NewSessionScreen(Screen):
                         shown = ", ".join(map(str, default)) if isinstance(default, list) else str(default)
                         widgets.append(Input(shown, id=f"s-{method}-{key}", classes="step-setting", compact=True))
                 yield Horizontal(*widgets, classes="form-row step-row")
-            yield _row("Export", *[Checkbox(f, id=f"fmt-{f}", classes="fmt", compact=True) for f in EXPORT_FORMATS])
+            yield _row("Export", *[Checkbox(f, id=f"fmt-{f}", classes="fmt", compact=True) for f in format_names()])
             yield _row("Targets", SelectionList[str](id="f-targets", compact=True),
                        tooltip="latency is measured where reachable, else estimated")
             yield _row("Extra --set", Input(id="f-extra", placeholder="key=value … e.g. train.max_steps=20",

@@ -11,22 +11,16 @@ from typing import Any
 
 from rich.text import Text
 
-# The metric that ranks variants per task, and whether higher is better (DESIGN.md metric names).
-MAIN_METRIC = {"text-classification": ("accuracy", True), "image-classification": ("accuracy", True),
-               "language-modeling": ("perplexity", False), "seq2seq": ("bleu", True)}
-SECOND_METRIC = {"text-classification": "f1_macro", "image-classification": "f1_macro", "seq2seq": "rougeL"}
 LOWER_IS_BETTER = {"perplexity", "loss"}
 ESTIMATED = "dim italic"
 SHORT = {"accuracy": "acc", "f1_macro": "f1", "perplexity": "ppl", "auc_roc": "auc"}
 
 
 def main_metric(report: dict[str, Any]) -> tuple[str, bool]:
-    """(metric name, higher is better): the report's own main_metric, else by task, else the first metric."""
+    """(metric name, higher is better): the report's own main_metric (the task chose it), else the first metric."""
     declared = report.get("main_metric")
     if isinstance(declared, dict) and declared.get("name"):
         return str(declared["name"]), bool(declared.get("higher_is_better", declared["name"] not in LOWER_IS_BETTER))
-    if report.get("task") in MAIN_METRIC:
-        return MAIN_METRIC[report["task"]]
     for v in report.get("variants", []):
         for name in v.get("metrics") or {}:
             return name, name not in LOWER_IS_BETTER
@@ -95,7 +89,7 @@ class Table:
 def variants_table(report: dict[str, Any]) -> Table:
     """Variants as rows; quality metrics, size, then per target the p50 latency and speed-up vs the baseline."""
     metric, _ = main_metric(report)
-    second = SECOND_METRIC.get(report.get("task", ""))
+    second = (report.get("main_metric") or {}).get("secondary")
     variants = report.get("variants", [])
     if second and not any(second in (v.get("metrics") or {}) for v in variants):
         second = None

@@ -216,14 +216,14 @@ class ResultsScreen(Screen):
     # ---- export ----------------------------------------------------------------------------------------
 
     def action_export(self) -> None:
-        from toolkit.config import EXPORT_FORMATS
+        from toolkit.registry import format_names
 
         def chosen(formats: list[str] | None) -> None:
             if formats:
                 self.notify(f"exporting every variant to {', '.join(formats)}…")
                 self._export(formats)
 
-        self.app.push_screen(ExportDialog(list(EXPORT_FORMATS), self._current_formats()), chosen)
+        self.app.push_screen(ExportDialog(format_names(), self._current_formats()), chosen)
 
     def _current_formats(self) -> list[str]:
         found = set()

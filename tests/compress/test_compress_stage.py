@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.compress.registry import load_variants
+from toolkit.variants import load_variants
 from toolkit.compress.stage import run_compress
-from toolkit.config import recipe_from_dict, to_dict
+from toolkit.config import recipe_from_dict
 from toolkit.errors import UserError
 from toolkit.events import Emitter
 from toolkit.rundir import RunDir, load_manifest, sha256_path

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.compress.registry import HANDLERS, Context, Variant, parse_steps
+from toolkit.compress.context import Context
+from toolkit.steps import handler_for, parse_steps
+from toolkit.variants import Variant
 from toolkit.config import Recipe, load_recipe
 from toolkit.data.types import Splits
 from toolkit.errors import UserError
@@ -96,7 +98,7 @@ def run_step(ctx: Context, parent: Variant, table: dict) -> Variant:
     """Run one step (parsed as a recipe's would be) on ``parent``."""
     earlier = [] if parent.name == "base" else [{"method": "prune", "name": parent.name}]  # so 'from' parses
     step = parse_steps(earlier + [{"from": parent.name, **table}], "test.toml")[-1]
-    return HANDLERS[type(step)](step, parent, ctx)
+    return handler_for(step)(step, parent, ctx)
 
 
 def token_mask(task: str, batch: dict) -> torch.Tensor | None:
@@ -137,10 +139,12 @@ def kl_on_validation(ctx: Context, teacher_dir: Path, student_dir: Path) -> floa
     ("seq2seq", ["model.encoder.layers", "model.decoder.layers"]),
 ])
 def test_layer_dropping_copies_the_teachers_layers(tmp_path, task, lists):
-    from toolkit.compress.distill import drop_layers
+    from toolkit.arch import adapter_for
 
     recipe = tiny_recipe(task, layers=4)
     teacher = get_task(task).prepare(recipe, make_splits(task), tmp_path).model
+    drop_layers = adapter_for(teacher).drop_layers
+    assert [s.name for s in adapter_for(teacher).stacks(teacher)] == lists
     student = drop_layers(teacher, [0, 2], "test")
     t_state, s_state = teacher.state_dict(), student.state_dict()
     dropped = 0
@@ -284,7 +288,8 @@ def test_kd_loss_formula():
             return SequenceClassifierOutput(loss=torch.nn.functional.cross_entropy(self.logits, labels), logits=self.logits)
 
     step = DistillConfig(temperature=3.0, alpha=0.3)
-    model = distiller_class()(Fixed(s_logits), Fixed(t_logits), "text-classification", step, [], (0, 0), 0).train()
+    model = distiller_class()(Fixed(s_logits), Fixed(t_logits), get_task("text-classification"), step, [], (0, 0),
+                              0).train()
     got = model(labels=labels).loss
     T = 3.0
     pt, ps = torch.softmax(t_logits / T, -1), torch.softmax(s_logits / T, -1)
@@ -325,5 +330,5 @@ def test_bad_students_are_one_line_errors(tmp_path, fixture, message):
     ctx.recipe = dataclasses.replace(ctx.recipe, source_path=recipe.source_path)
     (step,) = parse_steps(recipe.compress, str(FIXTURES / fixture))
     with pytest.raises(UserError, match=message) as e:
-        HANDLERS[type(step)](step, base, ctx)
+        handler_for(step)(step, base, ctx)
     assert "\n" not in str(e.value) and fixture in str(e.value)

@@ -15,7 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from toolkit.compress import prune as P
-from toolkit.compress.registry import HANDLERS, Variant, parse_steps
+from toolkit.steps import handler_for, parse_steps
+from toolkit.variants import Variant
 from toolkit.config import load_recipe
 from toolkit.errors import UserError
 from toolkit.tasks import get_task
@@ -54,18 +55,28 @@ def flop_counter_macs(model, batch) -> int:
 TASKS = ["text-classification", "language-modeling", "seq2seq", "image-classification"]
 
 
+def prune_half(model, task: str, prepared, importance: str):
+    """Structured pruning of half the units, through the model's architecture adapter."""
+    from toolkit.arch import adapter_for
+
+    adapter = adapter_for(model)
+    groups = adapter.prune_groups(model, ["heads", "ffn"], get_task(task).kv_cache, [])
+    scores = P.rank_units(groups, P.PruneConfig(importance=importance), model, prepared, 8, torch.device("cpu"))
+    model, _ = adapter.remove_units(model, groups, [P.keep_units(s, 0.5) for s in scores])
+    return model
+
+
+def macs(model, task: str) -> int:
+    return P.count_macs(model, SEQ, token_head=not get_task(task).classifies)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_mac_count_matches_torch_flop_counter(tmp_path, task):
     prepared, model = tiny_model(task, tmp_path)
     batch = example(task, prepared)
-    assert P.count_macs(model, SEQ) == flop_counter_macs(model, batch)
-    groups = P.cnn_groups(model) if task == "image-classification" else P.transformer_groups(model, ["heads", "ffn"], [])
-    scores = P.rank_units(groups, P.PruneConfig(importance="l2"), model, prepared, 8, torch.device("cpu"))
-    if task == "image-classification":
-        model, _ = P.rebuild_cnn(model, scores, 0.5)
-    else:
-        P.remove_transformer_units(model, groups, scores, 0.5)
-    assert P.count_macs(model.eval(), SEQ) == flop_counter_macs(model, batch)
+    assert macs(model, task) == flop_counter_macs(model, batch)
+    model = prune_half(model, task, prepared, "l2")
+    assert macs(model.eval(), task) == flop_counter_macs(model, batch)
 
 
 def _l1(t: torch.Tensor, dim: int, block: int) -> torch.Tensor:
@@ -134,7 +145,8 @@ def expected_removals(model, task: str, fraction: float) -> dict:
             b = layer.attn.c_attn.bias.detach()
             score = sum(_l1(w[:, o:o + a.split_size], 1, d) + _l1(b[o:o + a.split_size], 0, d)
                         for o in (0, a.split_size, 2 * a.split_size))
-            out["heads"].append(lowest(score + _l1(a.c_proj.weight.detach(), 0, d)))
+            # GPT-2 keeps its heads: its config cannot say fewer heads, which the KV-cache export needs
+            out["heads"].append([])
             up, down = layer.mlp.c_fc, layer.mlp.c_proj
             out["ffn"].append(lowest(_l1(up.weight.detach(), 1, 1) + up.bias.detach().abs() + _l1(down.weight.detach(), 0, 1)))
     else:
@@ -151,12 +163,7 @@ def test_structured_removal_computes_what_the_silenced_original_computes(tmp_pat
     removed = expected_removals(model, task, 0.5)
     silenced = copy.deepcopy(model)
     zero_units(silenced, task, removed)
-    groups = P.cnn_groups(model) if task == "image-classification" else P.transformer_groups(model, ["heads", "ffn"], [])
-    scores = P.rank_units(groups, P.PruneConfig(importance="l1"), model, prepared, 8, torch.device("cpu"))
-    if task == "image-classification":
-        model, _ = P.rebuild_cnn(model, scores, 0.5)
-    else:
-        P.remove_transformer_units(model, groups, scores, 0.5)
+    model = prune_half(model, task, prepared, "l1")
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(**batch).logits, silenced(**batch).logits, rtol=1e-4, atol=1e-5)
 
@@ -187,12 +194,14 @@ def test_structured_prune_step_shrinks_the_dense_model(tmp_path, task, importanc
             "seq2seq": seq * 32 * model.config.vocab_size}[task]
     if task == "seq2seq":  # BART keeps its heads: only the 4 FFNs (2 x T x d x ffn MACs each) lose half
         assert v.info["macs_before"] - v.info["macs_after"] == 4 * 2 * seq * 32 * 64
+    elif task == "language-modeling":  # GPT-2 keeps its heads (KV-cache export): its 2 FFNs lose half
+        assert v.info["macs_before"] - v.info["macs_after"] == 2 * 2 * seq * 32 * 64
     else:
         assert v.info["macs_after"] - head == (v.info["macs_before"] - head) // 2
     if task == "text-classification":
         assert model.config.intermediate_size == 64 and all(len(h) == 2 for h in model.config.pruned_heads.values())
     elif task == "language-modeling":
-        assert model.config.n_inner == 64 and all(len(h) == 2 for h in model.config.pruned_heads.values())
+        assert model.config.n_inner == 64 and not model.config.pruned_heads and v.info["notes"]
     else:
         assert model.config.encoder_ffn_dim == model.config.decoder_ffn_dim == 64 and v.info["notes"]
     assert sorted(p.name for p in (v.path / "checkpoints").glob("step-*")) == ["step-000003"]
@@ -206,7 +215,7 @@ def test_pruned_bert_exports_to_onnx_and_matches(tmp_path):
 
     ctx, base = kit.make_base(tmp_path, "text-classification", train_steps=10, heads=4)
     v = kit.run_step(ctx, base, {"method": "prune", "kind": "structured", "sparsity": 0.5, "max_steps": 2})
-    path = export_onnx(v.model_dir, tmp_path / "onnx", "text-classification").files[0]
+    path = export_onnx(v.model_dir, tmp_path / "onnx", get_task("text-classification")).files[0]
     model = get_task("text-classification").load(v.model_dir).eval()
     prepared = ctx.prepare(v.model_dir)
     batch = prepared.collate(prepared.eval_set[:4])
@@ -218,6 +227,28 @@ def test_pruned_bert_exports_to_onnx_and_matches(tmp_path):
     with torch.no_grad():
         want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.numpy()
     np.testing.assert_allclose(session.run(None, feed)[0], want, atol=1e-4)
+
+
+def test_pruned_gpt2_exports_with_its_kv_cache_and_verifies(tmp_path):
+    """GPT-2's config cannot say fewer heads; the KV-cache export builds its past from the config, so the heads
+    stay (said in a note) and the pruned model exports and verifies (issue 12: it used to fail to export)."""
+    from toolkit.export.onnx import export_onnx
+    from toolkit.export.verify import verify
+
+    ctx, base = kit.make_base(tmp_path, "language-modeling", train_steps=10, heads=4)
+    v = kit.run_step(ctx, base, {"method": "prune", "kind": "structured", "sparsity": 0.5, "max_steps": 2})
+    assert any("heads are kept" in n for n in v.info["notes"])
+    result = export_onnx(v.model_dir, tmp_path / "onnx", get_task("language-modeling"))
+    assert result.extra["kv_cache"]
+    prepared = ctx.prepare(v.model_dir)
+    samples = [{k: x.numpy() for k, x in prepared.collate(prepared.eval_set[:4]).items()}]
+    checks = verify(result, v.model_dir, samples)
+    assert checks and all(c["verified"] for c in checks), checks
+
+
+def test_mac_count_of_a_model_without_known_structure_is_none():
+    """Unstructured pruning needs no architecture knowledge: no MAC count is no refusal (issue 12)."""
+    assert P.count_macs(torch.nn.Sequential(torch.nn.Linear(4, 4)), 8, token_head=False) is None
 
 
 @pytest.mark.parametrize("task", ["text-classification", "image-classification"])
@@ -265,4 +296,4 @@ def test_pruning_an_onnx_only_variant_is_a_user_error(tmp_path):
     (step,) = parse_steps(recipe.compress, recipe.source_path)
     onnx_only = Variant("int8", "base", "quantize", ctx.run.variant("int8"), onnx=ctx.run.variant("int8") / "model.onnx")
     with pytest.raises(UserError, match="needs a PyTorch model, but variant 'int8' is ONNX only"):
-        HANDLERS[type(step)](step, onnx_only, ctx)
+        handler_for(step)(step, onnx_only, ctx)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from toolkit.compress import qat as Q
-from toolkit.compress.registry import Variant
+from toolkit.variants import Variant
 from toolkit.errors import UserError
 from toolkit.targets import int8_format
 from toolkit.tasks import get_task
@@ -30,8 +30,10 @@ one_thread = kit.one_thread
 
 
 def ort_run(path: Path, batch: dict) -> np.ndarray:
+    from toolkit import onnxrt
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, Q.onnx_feeds(session, batch))[0]
+    return session.run(None, onnxrt.feed(session, batch))[0]
 
 
 @pytest.mark.parametrize("task,target", [("text-classification", "x86-avx2"), ("image-classification", "android-arm64")])

@@ -12,8 +12,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from toolkit.compress import common
-from toolkit.compress.guard import degradation, guard, within
+from toolkit import onnxrt
+from toolkit.compress._shared import data as common
+from toolkit.compress._shared.graphs import parent_onnx
+from toolkit.compress._shared.guard import degradation, guard, within
 from toolkit.compress.stage import run_compress
 from toolkit.config import load_recipe, recipe_from_dict
 from toolkit.errors import UserError
@@ -92,18 +94,18 @@ def digits_run(tmp_path_factory):
 
 def float_and_data(run: RunDir, recipe, variants) -> tuple[Path, common.SplitData, object]:
     """The base's float ONNX export and the encoded splits (the reference every INT8 variant is held to)."""
-    from toolkit.compress.registry import Context
+    from toolkit.compress.context import Context
     from toolkit.events import null_emitter
 
     ctx = Context(recipe=recipe, run=run, emit=null_emitter("compress"))
     ctx.cache["variants"] = variants
-    path = common.parent_onnx(variants["base"], ctx, run.path / "float-ref")
+    path = parent_onnx(variants["base"], ctx, run.path / "float-ref")
     return path, common.split_data(ctx, variants["base"]), ctx
 
 
 def logits(path: Path, data: common.SplitData) -> np.ndarray:
-    session = common.onnx_session(path)
-    return np.concatenate([common.onnx_logits(session, b) for b in common.batches(data.validation, data.collate)])
+    session = onnxrt.open_session(path)
+    return np.concatenate([onnxrt.logits(session, b) for b in common.batches(data.validation, data.collate)])
 
 
 def weights(path: Path) -> dict[str, np.ndarray]:
@@ -394,9 +396,9 @@ def test_unknown_op_type_is_named(digits_run, tmp_path):
     ("bad_sparsity.toml", r"sparsity"),
 ])
 def test_bad_steps_are_one_line_user_errors(fixture, pattern):
-    from toolkit.compress.registry import discover
+    from toolkit.registry import METHODS
 
-    if fixture == "bad_sparsity.toml" and "prune" not in discover():
+    if fixture == "bad_sparsity.toml" and "prune" not in METHODS:
         pytest.skip("the prune method is not in this build")
     with pytest.raises(UserError, match=pattern) as e:
         load_recipe(FIXTURES / fixture)

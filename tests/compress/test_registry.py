@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.compress.registry import METHODS, discover, load_variants, parse_steps, step_to_dict
-from toolkit.compress.stage import main_file, run_compress
+from toolkit.compress.stage import run_compress
+from toolkit.registry import METHODS
+from toolkit.steps import parse_steps, step_to_dict
+from toolkit.variants import load_variants, main_file
 from toolkit.config import fields_of, recipe_from_dict, to_dict
 from toolkit.events import Emitter
 from toolkit.rundir import RunDir, load_manifest, sha256_path
 from toolkit.train.stage import prepare_run_dir, run_train
 
-discover()
 CASES = [(name, {}) for name in sorted(METHODS) if name != "quantize"]
 if "quantize" in METHODS:
     CASES += [("quantize", {"scheme": s}) for s in ("int8-dynamic", "int8-static", "qat")]
@@ -100,11 +101,12 @@ def test_method_output_loads_and_runs(base, tmp_path, method, extra):
         assert v.info["size_bytes"] in sizes
     batch = _batch(run, rec, variants)
     if path.suffix == ".onnx":
-        from toolkit.compress import common
+        from toolkit import onnxrt
+        from toolkit.compress._shared.graphs import onnx_params
 
-        out = common.onnx_logits(common.onnx_session(path), batch)
+        out = onnxrt.logits(onnxrt.open_session(path), batch)
         if "params_after" in v.info:
-            assert v.info["params_after"] == common.onnx_params(path)
+            assert v.info["params_after"] == onnx_params(path)
     elif path.suffix == ".pte":
         out = _run_pte(path, batch)
     else:
@@ -124,13 +126,13 @@ def test_method_output_loads_and_runs(base, tmp_path, method, extra):
 
 
 def _batch(run, recipe, variants) -> dict:
-    from toolkit.compress import common
-    from toolkit.compress.registry import Context
+    from toolkit.compress._shared.data import split_data
+    from toolkit.compress.context import Context
     from toolkit.events import null_emitter
 
     ctx = Context(recipe=recipe, run=run, emit=null_emitter())
     ctx.cache["variants"] = variants
-    data = common.split_data(ctx, variants["base"])
+    data = split_data(ctx, variants["base"])
     return {k: v for k, v in data.collate(list(data.validation[:4])).items()}
 
 
@@ -150,9 +152,9 @@ def _run_pte(path: Path, batch: dict) -> np.ndarray:
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("method", sorted(discover()))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_config_is_documented_and_round_trips(method):
-    cls = METHODS[method]
+    cls = METHODS.get(method)
     for name, f in fields_of(cls).items():
         assert f.metadata.get("doc"), f"{method}.{name} has no doc string"
     steps = parse_steps([{"method": method}, {"method": method}], "r.toml")

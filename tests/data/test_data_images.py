@@ -1,7 +1,6 @@
 """Image folders, builtin:digits, constant images, and seeded augmentation."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

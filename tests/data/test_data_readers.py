@@ -148,7 +148,7 @@ def test_unknown_builtin_lists_the_known_ones(make_recipe):
 
 
 def test_builtin_for_the_wrong_task(make_recipe):
-    assert "is a image-classification data set" in user_error(make_recipe(train="builtin:digits"))
+    assert "is a set of labelled images" in user_error(make_recipe(train="builtin:digits"))
 
 
 def test_single_class_training_data(make_recipe, tmp_path: Path):

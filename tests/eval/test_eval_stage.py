@@ -33,7 +33,7 @@ def train(recipe, out: Path) -> RunDir:
 def onnx_copy(run: RunDir, name: str = "onnx-copy") -> Path:
     """An ONNX-only child of base: its exported graph(s) and bundle files, no PyTorch folder (as an INT8 step
     leaves it, minus the quantization, so its metrics must equal the parent's)."""
-    from toolkit.compress.registry import Variant
+    from toolkit.variants import Variant
 
     src, dst = run.variant("base"), run.variant(name)
     dst.mkdir(parents=True, exist_ok=True)
@@ -43,26 +43,6 @@ def onnx_copy(run: RunDir, name: str = "onnx-copy") -> Path:
     main = dst / "model.onnx" if (dst / "model.onnx").exists() else dst / "encoder_model.onnx"
     Variant(name=name, parent="base", method="copy", path=dst, onnx=main).save()
     return dst
-
-
-def report_available() -> bool:
-    try:
-        import toolkit.report  # noqa: F401  (being written by another engineer)
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.fixture(autouse=True)
-def _stub_report(monkeypatch):
-    """Until toolkit.report exists, a stand-in records the call (the product imports it unguarded)."""
-    if not report_available():
-        import sys
-        import types
-
-        stub = types.ModuleType("toolkit.report")
-        stub.write_report = lambda recipe, run: run.report_json  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "toolkit.report", stub)
 
 
 # --- digits: the fast end-to-end check ---------------------------------------------------------------------------
@@ -82,9 +62,15 @@ def digits(tmp_path_factory):
 
 
 def run_eval_quietly(recipe, run, **kw):
+    """The eval stage, then the report stage (as a session and `toolkit eval` run them)."""
     from toolkit.eval.stage import run_eval
+    from toolkit.report import write_report
 
-    return run_eval(recipe, run, null_emitter("eval"), **kw)
+    run.report_json.unlink(missing_ok=True)
+    results = run_eval(recipe, run, null_emitter("eval"), **kw)
+    assert not run.report_json.exists()  # the report stage alone writes the report
+    write_report(recipe, run)
+    return results
 
 
 def by_hand(recipe, run):
@@ -157,7 +143,7 @@ def test_onnx_only_variant_runs_in_onnxruntime_and_agrees_with_pytorch(digits):
 
 def test_executorch_only_variant_is_evaluated_with_executorch(digits):
     pytest.importorskip("executorch", reason="the executorch extra is not installed")
-    from toolkit.compress.registry import Variant
+    from toolkit.variants import Variant
     from toolkit.export.executorch import export_pte
 
     recipe, run, results, _ = digits
@@ -212,10 +198,8 @@ def test_robustness_reports_each_perturbation_and_its_drop(digits):
     assert "sigma" in rb["parameters"] and "seed" in rb["perturbations"]
 
 
-def test_report_is_rebuilt_after_eval(digits):
+def test_report_is_built_from_eval_json(digits):
     _, run, _, _ = digits
-    if not report_available():
-        pytest.skip("toolkit.report is not written yet")
     report = json.loads(run.report_json.read_text())
     names = {v["name"]: v for v in report["variants"]}
     assert names["base"]["metrics"]["accuracy"] == json.loads((run.variant("base") / "eval.json").read_text())[
@@ -256,7 +240,7 @@ def test_unknown_target_fails_before_any_work(digits):
 
 
 def test_a_variant_without_files_is_skipped_with_a_warning(digits):
-    from toolkit.compress.registry import Variant
+    from toolkit.variants import Variant
     from toolkit.eval.stage import run_eval
     from toolkit.events import Emitter
 

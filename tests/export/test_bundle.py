@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from toolkit.errors import UserError
 from toolkit.export.bundle import copy_bundle_files
 from toolkit.export.onnx import export_onnx
-from toolkit.export.ort import open_session
+from toolkit.onnxrt import open_session
 
 
 def test_bundle_files_are_copied_and_the_folder_predicts_alone(bert_dir, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toolkit.errors import UserError
-from toolkit.export.common import UnsupportedOpError, unsupported_op
+from toolkit.errors import UnsupportedOpError, unsupported_op
 from toolkit.export.onnx import export_onnx
 from toolkit.export.ort import export_ort, open_session
 from toolkit.export.verify import verify

@@ -8,19 +8,23 @@ import re
 import pytest
 import torch
 
-from toolkit.config import TASKS as RECIPE_TASKS
 from toolkit.errors import UserError
 from toolkit.tasks import TASKS, get_task
-from toolkit.tasks.base import Prepared
+from toolkit.tasks.base import MainMetric, Prepared, Task
 
 CPU = torch.device("cpu")
 
 
-def test_registry_holds_every_task_of_the_recipe_schema():
-    assert sorted(TASKS) == sorted(RECIPE_TASKS)
+def test_registry_holds_the_four_tasks_and_each_answers_the_protocol():
+    assert {"text-classification", "language-modeling", "seq2seq", "image-classification"} <= set(TASKS)
+    members = [n for n in dir(Task) if not n.startswith("_")] + list(Task.__annotations__)
     for name, task in TASKS.items():
         assert task.name == name
         assert get_task(name) is task
+        missing = [m for m in members if not hasattr(task, m)]
+        assert not missing, f"{name} lacks {missing}"
+        assert isinstance(task.main_metric, MainMetric) and task.main_metric.name in task.metric_names
+        assert task.builtins and task.graphs and task.quality in ("classification", "perplexity", "generation")
 
 
 def test_unknown_task_is_a_user_error_with_a_suggestion():

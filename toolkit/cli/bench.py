@@ -95,7 +95,8 @@ def _run_generation(args: argparse.Namespace, threads: int, target_name: str | N
     from toolkit.eval import generation_steps as gs
     from toolkit.eval.backends import _onnx_vocab_sizes, first_line, require_file
     from toolkit.eval.latency_generation import time_generation
-    from toolkit.eval.onnx_eval import graph_files, read_config
+    from toolkit.eval.onnx_eval import read_config
+    from toolkit.variants import encoder_decoder_graphs
 
     if args.new_tokens < 1:
         raise UserError(f"--new-tokens must be at least 1 (got {args.new_tokens})")
@@ -109,7 +110,7 @@ def _run_generation(args: argparse.Namespace, threads: int, target_name: str | N
     vocab = args.vocab_size or _onnx_vocab_sizes(path).get("input_ids") or 100
     prompt = np.random.default_rng(args.seed).integers(1, max(vocab, 2), size=seq_len, dtype=np.int64)
     if path.name.startswith("encoder_model"):
-        decoder = graph_files(path.parent, "seq2seq", path).get("decoder")
+        decoder = encoder_decoder_graphs(path.parent, path).get("decoder")
         if decoder is None:
             raise UserError(f"{path}: an encoder; generation needs decoder_model_merged.onnx beside it")
         start = read_config(path.parent).get("decoder_start_token_id")

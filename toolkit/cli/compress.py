@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_if_needed(recipe, run, emitter) -> None:
     """Train (resuming from checkpoints of the same settings) unless variants/base is up to date with the recipe."""
-    from toolkit.compress.registry import load_variants
+    from toolkit.variants import load_variants
     from toolkit.rundir import load_manifest
     from toolkit.train import checkpoint as ckpt_io
     from toolkit.train.stage import has_finished, run_train, train_config_hash
@@ -78,8 +78,7 @@ def _print_table(variants) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.compress.common import size_bytes
-    from toolkit.compress.stage import main_file
+    from toolkit.variants import main_file, size_bytes
 
     table = Table(title="variants")
     for col in ("name", "from", "method", "MB", "metric", "value", "parent's", "kept in float", "in budget"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate a run's variants on the eval split (metrics with their conventions, latency per target)"
+HELP = "evaluate a run's variants on the eval split (metrics with their conventions, latency per target); rebuilds the report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +24,12 @@ def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args)
     check_metrics(args.metrics, recipe.task)  # before anything else: a wrong metric costs nothing
     run = existing_run(args, recipe)
+    from toolkit.report import write_report
+
     with stage_events(run, recipe, "eval", args.quiet) as emit:
         results = run_eval(recipe, run, emit, variants=args.variants or None, metrics=args.metrics or None)
+    with stage_events(run, recipe, "report", True) as emit:  # the report stage, as a session runs it after eval
+        emit("done", report=str(write_report(recipe, run)))
     for name, record in results.items():
         shown = "  ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
         lat = "  ".join(f"{t} p50 {e['p50_ms']:.3g} ms ({e.get('runtime')}, {e.get('source')})"

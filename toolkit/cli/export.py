@@ -22,12 +22,12 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from toolkit.cli.common import existing_run, resolve_recipe, stage_events
-    from toolkit.config import EXPORT_FORMATS
     from toolkit.errors import UserError, did_you_mean
+    from toolkit.registry import FORMATS
 
     for fmt in args.formats:  # before anything heavy: a typo costs nothing
-        if fmt not in EXPORT_FORMATS:
-            raise UserError(f"--format {fmt}: unknown format{did_you_mean(fmt, list(EXPORT_FORMATS))}")
+        if fmt not in FORMATS:
+            raise UserError(f"--format {fmt}: unknown format{did_you_mean(fmt, FORMATS.names())}")
     recipe = resolve_recipe(args)
     if args.formats:
         recipe = dataclasses.replace(recipe, export=dataclasses.replace(recipe.export, formats=list(args.formats)))

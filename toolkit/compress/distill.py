@@ -8,7 +8,8 @@ averaged over heads when the head counts differ). Token tasks
 
 Students:
 - ``layers = [0, 2, 4]``: layer dropping — a copy of the parent keeping those layers with their weights
-  (DistilBERT's initialisation; the default is every other layer) for BERT/RoBERTa/DistilBERT/GPT-2/BART;
+  (DistilBERT's initialisation; the default is every other layer), for every transformer the architecture
+  adapter can read (encoders, decoders, encoder-decoders: each stack keeps those layers);
 - ``layers = 3`` (a number) and/or ``hidden_size`` / ``heads``: a fresh model of the parent's family;
 - ``widths = [...]`` for the CNN: a fresh, narrower/shallower EdgeCNN.
 The teacher (default: the parent variant) runs under ``torch.inference_mode``; ``cache_teacher = true`` runs it
@@ -17,20 +18,18 @@ The student is written to variants/<name>/model/ by the task's own ``Prepared.sa
 """
 from __future__ import annotations
 
-import copy
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.compress.finetune import (FinetuneKeys, family_of, ffn_size, finetune, layer_lists, pytorch_parent,
-                                       weights_bytes)
-from toolkit.compress.registry import Context, Variant, handler, load_variants, method
-from toolkit.config import _f
+from toolkit.compress._shared.finetune import FinetuneKeys, finetune, pytorch_parent, weights_bytes
+from toolkit.compress.context import Context
 from toolkit.errors import UserError
+from toolkit.schema import setting
+from toolkit.steps import handler, method
+from toolkit.variants import Variant, load_variants
 
-TOKEN_TASKS = ("language-modeling", "seq2seq")
 CACHE_LIMIT_BYTES = 4 << 30
 
 
@@ -39,17 +38,17 @@ CACHE_LIMIT_BYTES = 4 << 30
 class DistillConfig(FinetuneKeys):
     """[[compress]] method = "distill"."""
 
-    teacher: str = _f("", "the teacher: an earlier variant's name or a model folder (default: the parent variant)")
-    layers: list[int] | int = _f([], "a list keeps those parent layers with their weights (layer dropping); a number "
+    teacher: str = setting("", "the teacher: an earlier variant's name or a model folder (default: the parent variant)")
+    layers: list[int] | int = setting([], "a list keeps those parent layers with their weights (layer dropping); a number "
                                      "builds a fresh model with that many layers; default: every other layer")
-    hidden_size: int = _f(0, "width of a fresh student of the parent's family (same tokenizer)")
-    heads: int = _f(0, "attention heads of a fresh student (default: the parent's, when they divide hidden_size)")
-    widths: list[int] = _f([], "CNN students: stem and block widths of a fresh EdgeCNN (default: half the parent's)")
-    temperature: float = _f(2.0, "softmax temperature T of the distillation KL (scaled by T^2)")
-    alpha: float = _f(0.5, "weight of the distillation KL; 1 - alpha weighs the labels' cross-entropy")
-    hidden_weight: float = _f(0.0, "weight of hidden-state matching (MSE, TinyBERT); transformers only")
-    attention_weight: float = _f(0.0, "weight of attention-map matching (MSE, TinyBERT); transformers only")
-    cache_teacher: bool = _f(False, "run the teacher once per training example up front (not with data.augment)")
+    hidden_size: int = setting(0, "width of a fresh student of the parent's family (same tokenizer)")
+    heads: int = setting(0, "attention heads of a fresh student (default: the parent's, when they divide hidden_size)")
+    widths: list[int] = setting([], "CNN students: stem and block widths of a fresh EdgeCNN (default: half the parent's)")
+    temperature: float = setting(2.0, "softmax temperature T of the distillation KL (scaled by T^2)")
+    alpha: float = setting(0.5, "weight of the distillation KL; 1 - alpha weighs the labels' cross-entropy")
+    hidden_weight: float = setting(0.0, "weight of hidden-state matching (MSE, TinyBERT); transformers only")
+    attention_weight: float = setting(0.0, "weight of attention-map matching (MSE, TinyBERT); transformers only")
+    cache_teacher: bool = setting(False, "run the teacher once per training example up front (not with data.augment)")
 
     def check(self, where: str) -> None:
         super().check(where)
@@ -76,80 +75,14 @@ class DistillConfig(FinetuneKeys):
 
 # ---- the student ----------------------------------------------------------------------------------------------
 
-def drop_layers(source: Any, keep: list[int], where: str) -> Any:
-    """A copy of ``source`` keeping the layers ``keep`` of each layer list, with their weights (strict load)."""
-    fam = family_of(source.config, where)
-    lists = layer_lists(source, fam)
-    for (name, mods), key in zip(lists, fam.count):
-        bad = [i for i in keep if i >= len(mods)]
-        if bad:
-            raise UserError(f"{where}: layers = {keep}: index {bad[0]} is out of range; the teacher's {key} is "
-                            f"{len(mods)} (layers 0-{len(mods) - 1})")
-    cfg = copy.deepcopy(source.config)
-    for key in fam.count:
-        setattr(cfg, key, len(keep))
-    pruned = {int(k): v for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
-    cfg.pruned_heads = {i: list(pruned[j]) for i, j in enumerate(keep) if j in pruned}
-    student = type(source)._from_config(cfg, attn_implementation="eager")
-    renames = {f"{name}.{j}.": f"{name}.{i}." for name, _ in lists for i, j in enumerate(keep)}
-    pattern = re.compile(r"^(" + "|".join(re.escape(n) for n, _ in lists) + r")\.(\d+)\.")
-    state = {}
-    for key, tensor in source.state_dict().items():
-        hit = pattern.match(key)
-        if hit is None:
-            state[key] = tensor
-        elif hit.group(0) in renames:
-            state[renames[hit.group(0)] + key[hit.end():]] = tensor
-    student.load_state_dict(state, strict=True)
-    return student
-
-
-def fresh_config_student(source: Any, n_layers: int, hidden: int, heads: int, where: str, seed: int) -> Any:
-    """A newly initialised model of ``source``'s family with other sizes (FFN keeps the source's ratio)."""
-    from toolkit.tasks.common import seeded
-
-    fam = family_of(source.config, where)
-    cfg = copy.deepcopy(source.config)
-    old_width = int(getattr(cfg, fam.width))
-    hidden = hidden or old_width
-    old_heads = int(getattr(cfg, fam.heads[0]))
-    heads = heads or (old_heads if hidden % old_heads == 0 else max(1, hidden // 64))
-    if hidden % heads:
-        raise UserError(f"{where}: hidden_size = {hidden} is not divisible by heads = {heads}; pick a multiple")
-    for key in fam.ffn:
-        setattr(cfg, key, max(1, ffn_size(source.config, key, fam) * hidden // old_width))
-    setattr(cfg, fam.width, hidden)
-    for key in fam.heads:
-        setattr(cfg, key, heads)
-    for key in fam.count:
-        setattr(cfg, key, n_layers or int(getattr(source.config, key)))
-    cfg.pruned_heads = {}
-    with seeded(seed):
-        return type(source)._from_config(cfg, attn_implementation="eager")
-
-
-def cnn_student(source: Any, widths: list[int], seed: int) -> Any:
-    """A fresh EdgeCNN with ``widths`` (strides kept when the depth is the same)."""
-    from toolkit.models.cnn import EdgeCNNConfig, EdgeCNNForImageClassification, default_strides
-    from toolkit.tasks.common import seeded
-
-    c = source.config
-    strides = list(c.strides) if len(widths) == len(c.widths) else default_strides(min(c.image_size), len(widths))
-    cfg = EdgeCNNConfig(in_channels=c.in_channels, widths=widths, strides=strides, image_size=list(c.image_size),
-                        dropout=c.dropout, num_labels=c.num_labels, id2label=c.id2label, label2id=c.label2id)
-    with seeded(seed):
-        return EdgeCNNForImageClassification(cfg)
-
-
-def n_layers(config: Any, fam: Family) -> int:
-    return int(getattr(config, fam.count[0]))
-
-
 def build_student(step: DistillConfig, source: Any, teacher: Any, explicit_teacher: bool, where: str,
                   seed: int) -> tuple[Any, dict[str, Any]]:
     """The student and how it was made ({"student": kind, "layers_kept"?, "layer_map"?})."""
+    from toolkit.arch import adapter_for
+
+    adapter = adapter_for(source)
     given = bool(step.layers) or bool(step.hidden_size) or bool(step.heads)
-    if source.config.model_type == "edge-cnn":
+    if adapter.kind == "cnn":
         if given:
             raise UserError(f"{where}: CNN students are set with widths = [...] (layers/hidden_size/heads are for "
                             f"transformers)")
@@ -158,16 +91,16 @@ def build_student(step: DistillConfig, source: Any, teacher: Any, explicit_teach
                             f"use logit distillation only (set them to 0)")
         if not step.widths and explicit_teacher:
             return source, {"student": "as-is"}
-        widths = step.widths or [max(8, w // 2) for w in source.config.widths]
-        return cnn_student(source, widths, seed), {"student": "cnn-widths", "widths": widths}
+        widths = step.widths or adapter.default_student_widths(source)
+        return adapter.narrow_student(source, widths, seed), {"student": "cnn-widths", "widths": widths}
     if step.widths:
         raise UserError(f"{where}: widths = {step.widths} is for CNN students; for a transformer give layers, "
                         f"hidden_size or heads")
-    fam = family_of(source.config, where)
-    src_width, t_width = int(getattr(source.config, fam.width)), int(getattr(teacher.config, fam.width))
-    total = n_layers(source.config, fam)
+    t_adapter = adapter_for(teacher)
+    src_width, t_width = adapter.width(source), t_adapter.width(teacher)
+    total, t_total = adapter.layer_count(source), t_adapter.layer_count(teacher)
     if not given and explicit_teacher:
-        return source, {"student": "as-is", "layer_map": uniform_map(total, n_layers(teacher.config, fam))}
+        return source, {"student": "as-is", "layer_map": uniform_map(total, t_total)}
     if isinstance(step.layers, list) and (step.layers or not given):
         keep = step.layers or list(range(0, total, 2))
         if step.hidden_size and step.hidden_size != src_width or src_width > t_width:
@@ -176,20 +109,18 @@ def build_student(step: DistillConfig, source: Any, teacher: Any, explicit_teach
             raise UserError(f"{where}: layer dropping copies the teacher's layers, so the student keeps the width "
                             f"{src_width}, but hidden_size {wide} is {how} the teacher's {t_width}: drop hidden_size "
                             f"(or give layers = <number> for a fresh, smaller model)")
-        if step.heads and step.heads != int(getattr(source.config, fam.heads[0])):
-            raise UserError(f"{where}: layer dropping keeps the teacher's {getattr(source.config, fam.heads[0])} "
+        if step.heads and step.heads != adapter.heads(source):
+            raise UserError(f"{where}: layer dropping keeps the teacher's {adapter.heads(source)} "
                             f"heads; drop heads = {step.heads} (prune heads with method = \"prune\")")
         if len(keep) >= total and not step.layers:
             raise UserError(f"{where}: the parent has {total} layer(s): nothing to drop; give hidden_size or "
                             f"layers = <number> for a smaller student")
-        student = drop_layers(source, keep, where)
-        same = n_layers(teacher.config, fam) == total
+        student = adapter.drop_layers(source, keep, where)
         return student, {"student": "layer-drop", "layers_kept": keep,
-                         "layer_map": keep if same else uniform_map(len(keep), n_layers(teacher.config, fam))}
+                         "layer_map": keep if t_total == total else uniform_map(len(keep), t_total)}
     count = step.layers if isinstance(step.layers, int) else 0
-    student = fresh_config_student(source, count, step.hidden_size, step.heads, where, seed)
-    return student, {"student": "config", "layer_map": uniform_map(n_layers(student.config, fam),
-                                                                   n_layers(teacher.config, fam))}
+    student = adapter.fresh_student(source, count, step.hidden_size, step.heads, where, seed)
+    return student, {"student": "config", "layer_map": uniform_map(adapter.layer_count(student), t_total)}
 
 
 def uniform_map(n_student: int, n_teacher: int) -> list[int]:
@@ -213,7 +144,7 @@ def resolve_teacher(step: DistillConfig, parent: Variant, ctx: Context, where: s
                     f"({', '.join(variants) or 'none yet'}) nor a model folder")
 
 
-def check_compatible(teacher_dir: Path, student_dir: Path, prepared: Any, teacher: Any, task: str,
+def check_compatible(teacher_dir: Path, student_dir: Path, prepared: Any, teacher: Any, task: Any,
                      where: str) -> None:
     """Teacher and student must read the same inputs and predict the same classes/tokens."""
     from toolkit.models import load_tokenizer, read_labels
@@ -225,7 +156,7 @@ def check_compatible(teacher_dir: Path, student_dir: Path, prepared: Any, teache
             raise UserError(f"{where}: the teacher ({teacher_dir}) and the student ({student_dir}) use different "
                             f"tokenizers ({why}); distillation compares them token by token: use a teacher "
                             f"trained with the student's tokenizer")
-    if task in ("text-classification", "image-classification"):
+    if task.classifies:
         t_labels = read_labels(teacher_dir, teacher.config) or [str(i) for i in range(teacher.config.num_labels)]
         if len(t_labels) != len(prepared.labels) or (read_labels(teacher_dir, teacher.config)
                                                      and t_labels != prepared.labels):
@@ -245,18 +176,9 @@ def kl_per_item(student_logits: Any, teacher_logits: Any, mask: Any | None, temp
     return kl * mask if mask is not None else kl
 
 
-def token_mask(batch: dict[str, Any], task: str, length: int) -> Any | None:
-    """Which logits positions are real tokens: None for classification."""
-    if task == "seq2seq":
-        return (batch["labels"] != -100).float()[:, :length]
-    if task == "language-modeling":
-        return batch["attention_mask"].float()[:, :length]
-    return None
-
-
-def mean_kl(student_logits: Any, teacher_logits: Any, batch: dict[str, Any], task: str, temperature: float) -> Any:
-    """Mean KL per example (classification) or per real token (LM, seq2seq)."""
-    mask = token_mask(batch, task, student_logits.shape[1]) if task in TOKEN_TASKS else None
+def mean_kl(student_logits: Any, teacher_logits: Any, batch: dict[str, Any], task: Any, temperature: float) -> Any:
+    """Mean KL per example (classification) or per real token (the task's token mask: LM, seq2seq)."""
+    mask = task.token_mask(batch, student_logits.shape[1]) if student_logits.dim() == 3 else None
     kl = kl_per_item(student_logits, teacher_logits, mask, temperature)
     return kl.sum() / mask.sum().clamp(min=1) if mask is not None else kl.mean()
 
@@ -283,7 +205,7 @@ def distiller_class() -> type:
         out of the checkpoints; ``_apply`` moves it with the student.
         """
 
-        def __init__(self, student: Any, teacher: Any, task: str, step: DistillConfig, layer_map: list[int],
+        def __init__(self, student: Any, teacher: Any, task: Any, step: DistillConfig, layer_map: list[int],
                      widths: tuple[int, int], seed: int) -> None:
             from toolkit.tasks.common import seeded
 
@@ -295,7 +217,7 @@ def distiller_class() -> type:
             self.layer_map = layer_map
             self.proj = None
             if self.hidden_weight and widths[0] != widths[1]:
-                streams = 2 if task == "seq2seq" else 1
+                streams = 2 if len(task.graphs) > 1 else 1  # encoder-decoders: both stacks are matched
                 with seeded(seed):  # TinyBERT's W_h: one learned projection per matched layer and stream
                     self.proj = nn.ModuleList(nn.Linear(widths[0], widths[1], bias=False)
                                               for _ in range(streams * (len(layer_map) + 1)))
@@ -335,7 +257,7 @@ def distiller_class() -> type:
             return DistillOutput(loss=loss, logits=out.logits)
 
         def _streams(self, s_out: Any, t_out: dict[str, Any], batch: dict[str, Any], kind: str) -> list:
-            if self.task == "seq2seq":
+            if f"encoder_{kind}" in t_out:  # an encoder-decoder: match the encoder and the decoder
                 return [(s_out[f"encoder_{kind}"], t_out[f"encoder_{kind}"], batch["attention_mask"]),
                         (s_out[f"decoder_{kind}"], t_out[f"decoder_{kind}"], (batch["labels"] != -100).long())]
             return [(s_out[kind], t_out[kind], batch.get("attention_mask"))]
@@ -381,15 +303,15 @@ class DistillOutput:
 
 # ---- teacher cache and measurement -----------------------------------------------------------------------------
 
-def _example_logits(logits: Any, batch: dict[str, Any], task: str) -> list[Any]:
+def _example_logits(logits: Any, batch: dict[str, Any], task: Any) -> list[Any]:
     """Per example: (K,) logits, or (n_tokens, V) for the real tokens (padding is on the right)."""
-    if task not in TOKEN_TASKS:
+    mask = task.token_mask(batch, logits.shape[1]) if logits.dim() == 3 else None
+    if mask is None:
         return list(logits)
-    mask = token_mask(batch, task, logits.shape[1])
     return [row[: int(m.sum())] for row, m in zip(logits, mask)]
 
 
-def cache_teacher_logits(prepared: Any, teacher: Any, task: str, batch_size: int, device: Any) -> Any:
+def cache_teacher_logits(prepared: Any, teacher: Any, task: Any, batch_size: int, device: Any) -> Any:
     """A Prepared whose training batches carry ``teacher_logits``, computed once per training example.
 
     Raises:
@@ -402,8 +324,10 @@ def cache_teacher_logits(prepared: Any, teacher: Any, task: str, batch_size: int
     from toolkit.tasks.common import batches, eval_mode
 
     items = prepared.train_set
-    if task in TOKEN_TASKS:
-        tokens = sum(len(it["labels"] if task == "seq2seq" else it["input_ids"]) for it in items)
+    per_token = not task.classifies
+    if per_token:
+        # the logits a token model makes per example: one per label (seq2seq) or per input token (causal LM)
+        tokens = sum(len(it["labels"] if isinstance(it.get("labels"), list) else it["input_ids"]) for it in items)
         need = tokens * int(teacher.config.vocab_size) * 4
     else:
         need = len(items) * int(teacher.config.num_labels) * 4
@@ -423,8 +347,8 @@ def cache_teacher_logits(prepared: Any, teacher: Any, task: str, batch_size: int
         batch = base(batch_items)
         if batch_items and "_kd_index" in batch_items[0]:
             rows = [cache[it["_kd_index"]] for it in batch_items]
-            if task in TOKEN_TASKS:
-                length = (batch["labels"] if task == "seq2seq" else batch["input_ids"]).shape[1]
+            if per_token:
+                length = (batch["labels"] if batch["labels"].dim() == 2 else batch["input_ids"]).shape[1]
                 out = torch.zeros(len(rows), length, rows[0].shape[-1])  # (B, T, V), zeros at padding
                 for j, r in enumerate(rows):
                     out[j, : r.shape[0]] = r.float()
@@ -437,10 +361,9 @@ def cache_teacher_logits(prepared: Any, teacher: Any, task: str, batch_size: int
     return dataclasses.replace(prepared, train_set=train, collate=collate)
 
 
-def dataset_kl(student: Any, teacher: Any, prepared: Any, items: Any, task: str, batch_size: int,
+def dataset_kl(student: Any, teacher: Any, prepared: Any, items: Any, task: Any, batch_size: int,
                device: Any) -> float:
     """Mean KL(teacher || student) at T = 1 over ``items``: per example, or per real token for token tasks."""
-    import torch
 
     from toolkit.tasks.common import batches, eval_mode
 
@@ -448,7 +371,7 @@ def dataset_kl(student: Any, teacher: Any, prepared: Any, items: Any, task: str,
     with eval_mode(teacher, device), eval_mode(student, device):
         for batch in batches(items, batch_size, prepared.collate, device):
             s, t = student(**batch).logits, teacher(**batch).logits
-            mask = token_mask(batch, task, s.shape[1]) if task in TOKEN_TASKS else None
+            mask = task.token_mask(batch, s.shape[1]) if s.dim() == 3 else None
             kl = kl_per_item(s, t, mask, 1.0)
             total += float(kl.sum())
             count += float(mask.sum()) if mask is not None else kl.shape[0]
@@ -462,12 +385,13 @@ def dataset_kl(student: Any, teacher: Any, prepared: Any, items: Any, task: str,
 @handler(DistillConfig)
 def distill(step: DistillConfig, parent: Variant, ctx: Context) -> Variant:
     """Distil the teacher into a student built from the parent; write variants/<name>/model/."""
-    from toolkit.compress.finetune import device_for, train_settings
+    from toolkit.arch import adapter_for
+    from toolkit.compress._shared.finetune import device_for, train_settings
     from toolkit.models import count_params
     from toolkit.rundir import atomic_dir
 
-    where = f"{ctx.recipe.source_path or 'recipe'}: [[compress]] '{step.name}' (distill)"
-    task = ctx.recipe.task
+    where = ctx.step_where(step)
+    task = ctx.task
     student_dir = pytorch_parent(parent, where, "distillation")
     teacher_dir, teacher_label, explicit = resolve_teacher(step, parent, ctx, where)
     if step.cache_teacher and ctx.recipe.data.augment:
@@ -489,10 +413,7 @@ def distill(step: DistillConfig, parent: Variant, ctx: Context) -> Variant:
     probe = list(prepared.val_set or prepared.train_set)[:256]
     kl_before = dataset_kl(student, teacher, prepared, probe, task, bs, device)
     job = cache_teacher_logits(prepared, teacher, task, bs, device) if step.cache_teacher else prepared
-    widths = (0, 0)
-    if task != "image-classification":
-        fam = family_of(student.config, where)
-        widths = (int(getattr(student.config, fam.width)), int(getattr(teacher.config, fam.width)))
+    widths = (adapter_for(student).width(student), adapter_for(teacher).width(teacher))
     model = distiller_class()(student, teacher, task, step, made.get("layer_map", []), widths, ctx.recipe.seed)
     result = finetune(ctx, step, job, model, recipe=settings, phase="distill", sources=(student_dir, teacher_dir))
     kl_after = dataset_kl(student, teacher, prepared, probe, task, bs, device)
@@ -507,7 +428,7 @@ def distill(step: DistillConfig, parent: Variant, ctx: Context) -> Variant:
         "temperature": step.temperature, "alpha": step.alpha, "hidden_weight": step.hidden_weight,
         "attention_weight": step.attention_weight, "cache_teacher": step.cache_teacher,
         "kl_before": kl_before, "kl_after": kl_after,
-        "kl_convention": f"KL(teacher || student) at T=1, mean per {'token' if task in TOKEN_TASKS else 'example'}, "
+        "kl_convention": f"KL(teacher || student) at T=1, mean per {'example' if task.classifies else 'token'}, "
                          f"on {len(probe)} {'validation' if prepared.val_set else 'training'} examples",
         "finetune": {"steps": result.state.step, "validation": result.validation},
     }

@@ -12,9 +12,11 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.compress.registry import Context, StepConfig, Variant, handler, method
-from toolkit.config import _f
+from toolkit.compress.context import Context
 from toolkit.errors import UserError
+from toolkit.schema import setting
+from toolkit.steps import StepConfig, handler, method
+from toolkit.variants import Variant
 
 FP16_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "LSTM",
             "LayerNormalization", "SkipLayerNormalization"}
@@ -26,10 +28,10 @@ FP16_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "EmbedLayerN
 class FP16Config(StepConfig):
     """[[compress]] method = "fp16": float16 ONNX for GPU / ARM targets."""
 
-    keep_io_types: bool = _f(True, "keep float32 inputs and outputs (casts inside the graph)")
-    op_block_list: list[str] = _f([], "op types kept in float32 (empty: onnxruntime's default list)")
-    optimize: bool = _f(True, "run ONNX Runtime's transformer optimizer first (BERT/GPT-2 fusions), as ORT advises for fp16")
-    max_accuracy_drop: float = _f(0.01, "accuracy guard: largest drop of the validation metric vs the parent "
+    keep_io_types: bool = setting(True, "keep float32 inputs and outputs (casts inside the graph)")
+    op_block_list: list[str] = setting([], "op types kept in float32 (empty: onnxruntime's default list)")
+    optimize: bool = setting(True, "run ONNX Runtime's transformer optimizer first (BERT/GPT-2 fusions), as ORT advises for fp16")
+    max_accuracy_drop: float = setting(0.01, "accuracy guard: largest drop of the validation metric vs the parent "
                                   "(fraction; language models: relative perplexity rise)")
 
     def check(self, where: str) -> None:
@@ -43,28 +45,25 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from toolkit.compress import common
-    from toolkit.compress.guard import guard
-    from toolkit.compress.quantize import ORT_MODEL_TYPES, _maybe_optimize
+    from toolkit.compress._shared import graphs as common
+    from toolkit.compress._shared.data import evaluate_onnx, split_data
+    from toolkit.compress._shared.guard import guard
+    from toolkit.variants import size_bytes
 
     out_dir = ctx.variant_dir(step.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / ".work"
-    common.remove_tree(work)
-    work.mkdir()
-    variants = common.variants_of(ctx)
-    try:
-        if ctx.recipe.task == "seq2seq":
-            raise UserError(f"[[compress]] {step.name}: fp16 of seq2seq models (encoder + decoder graphs) is not "
-                            f"supported yet")
+    variants = ctx.variants()
+    if len(ctx.task.graphs) > 1:
+        raise UserError(f"[[compress]] {step.name}: fp16 of {ctx.recipe.task} models (encoder + decoder graphs) is "
+                        f"not supported yet")
+    with common.work_dir(out_dir) as work:
         float_path = common.parent_onnx(parent, ctx, work / "float")
         try:
-            data = common.split_data(ctx, parent)
+            data = split_data(ctx, parent)
         except UserError as e:
             ctx.emit.log(f"{step.name}: the accuracy guard is off: {e}", "warning")
             data = None
-        src, optimized = _maybe_optimize(step, parent, variants, float_path, work, data, ctx.emit) \
-            if ORT_MODEL_TYPES.get(common.model_type_of(parent, variants) or "") else (float_path, False)
+        src, optimized = common.ort_fusions(step, parent, variants, float_path, work, data, ctx.emit)
         graph = onnx.load(str(src))
         compute = {n.name for n in graph.graph.node if n.name and n.op_type in FP16_OPS}
         groups = common.node_groups(graph, compute)
@@ -83,23 +82,23 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
         result = None
         metric = data.primary_metric if data is not None else None
         if data is not None and data.validation:
-            baseline = common.evaluate_onnx(src, data)[metric]
-            result = guard(lambda kept: common.evaluate_onnx(make(frozenset(n for g in kept for n in groups[g])),
-                                                             data)[metric],
+            baseline = evaluate_onnx(src, data)[metric]
+            result = guard(lambda kept: evaluate_onnx(make(frozenset(n for g in kept for n in groups[g])),
+                                                      data)[metric],
                            baseline, list(groups), step.max_accuracy_drop, data.higher_is_better, ctx.emit)
         kept = result.kept_in_float if result else []
         model_path = out_dir / "model.onnx"
         shutil.copyfile(make(frozenset(n for g in kept for n in groups[g])), model_path)
         converted = onnx.load(str(model_path))
         fp16_inits = sum(1 for i in converted.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16)
-        parent_size = common.size_bytes(float_path)
+        parent_size = size_bytes(float_path)
         info: dict[str, Any] = {
             "precision": "float16", "keep_io_types": step.keep_io_types, "optimized": optimized,
             "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
             "params_before": common.onnx_params(src), "params_after": common.onnx_params(model_path),
             "float16_initializers": fp16_inits, "initializers": len(converted.graph.initializer),
-            "size_bytes": common.size_bytes(model_path), "size_bytes_float": parent_size,
-            "size_ratio": round(common.size_bytes(model_path) / max(parent_size, 1), 4),
+            "size_bytes": size_bytes(model_path), "size_bytes_float": parent_size,
+            "size_ratio": round(size_bytes(model_path) / max(parent_size, 1), 4),
             "op_types_before": common.op_counts(graph), "op_types_after": common.op_counts(converted),
             "layers_in_float": kept,
         }
@@ -116,5 +115,3 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
         common.copy_bundle(parent, variants, out_dir)
         return Variant(name=step.name, parent=parent.name, method="fp16", path=out_dir, model_dir=None,
                        onnx=model_path, info=info, within_budget=result.within_budget if result else None)
-    finally:
-        common.remove_tree(work)

@@ -1,4 +1,4 @@
-"""Quantization-aware training for ``method = "quantize"``, ``scheme = "qat"`` (called by the quantize handler).
+"""Quantization-aware training (``method = "quantize"``, ``scheme = "qat"``).
 
 The method, exactly (also written to ``Variant.info["method_detail"]``):
 1. Fake quantization is attached to the parent's PyTorch model, mirroring what ONNX Runtime's QDQ quantizer
@@ -31,11 +31,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from toolkit.compress.finetune import finetune, pytorch_parent, train_settings, weights_bytes
-from toolkit.compress.registry import Context, Variant
+from toolkit.compress._shared.finetune import finetune, pytorch_parent, train_settings, weights_bytes
+from toolkit.compress.context import Context
+from toolkit.compress.quantize import QuantizeConfig
 from toolkit.errors import UserError
+from toolkit.steps import handler
+from toolkit.variants import Variant
 
-QAT_TASKS = ("text-classification", "image-classification")
 EMA = 0.01
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv", "Gather"]
 
@@ -112,15 +114,9 @@ def _modules() -> tuple[type, type]:
 
 def quantized_layers(model: Any) -> list[tuple[str, Any, int]]:
     """(name, module, output-channel axis of its weight) of every Linear / Conv1D (GPT-2) / Conv2d."""
-    import torch
+    from toolkit.arch import adapter_for
 
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
-            out.append((name, m, 0))
-        elif type(m).__name__ == "Conv1D":  # weight (in, out)
-            out.append((name, m, 1))
-    return out
+    return adapter_for(model).linear_layers(model)
 
 
 class FakeQuantizer:
@@ -268,36 +264,17 @@ def initializer_bytes(path: Path) -> int:
     return sum(len(i.raw_data) or onnx.numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer)
 
 
-def onnx_feeds(session: Any, batch: dict[str, Any]) -> dict[str, Any]:
-    """A batch from the task's collate as an ORT feed (token_type_ids are zeros when the graph wants them)."""
-    import numpy as np
-
-    types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
-    feed = {}
-    for i in session.get_inputs():
-        if i.name in batch:
-            value = batch[i.name].numpy()
-        elif i.name == "token_type_ids":
-            value = np.zeros(tuple(batch["input_ids"].shape))
-        else:
-            raise UserError(f"qat: the exported graph wants input '{i.name}', which the task's batches lack")
-        feed[i.name] = value.astype(types.get(i.type, np.float32))
-    return feed
-
-
 def onnx_logits(path: Path, prepared: Any, items: Any, batch_size: int = 32) -> tuple[Any, Any]:
     """(logits (N, K), labels (N,)) of an ONNX classifier on ``items``, with ONNX Runtime on the CPU."""
     import numpy as np
-    import onnxruntime as ort
 
+    from toolkit import onnxrt
     from toolkit.tasks.common import batches
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnxrt.open_session(path)
     out, labels = [], []
     for batch in batches(items, batch_size, prepared.collate, "cpu"):
-        out.append(session.run(None, onnx_feeds(session, batch))[0])
+        out.append(onnxrt.logits(session, batch, path))
         labels.append(batch["labels"].numpy())
     return np.concatenate(out), np.concatenate(labels)
 
@@ -306,15 +283,14 @@ class _Reader:
     """onnxruntime CalibrationDataReader over training batches."""
 
     def __init__(self, path: Path, prepared: Any, count: int) -> None:
-        import onnxruntime as ort
-
+        from toolkit import onnxrt
         from toolkit.tasks.common import batches
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxrt.open_session(path)
         items = list(prepared.train_set)[:count]
         if not items:
             raise UserError("qat: no training examples to calibrate the quantized graph on; check data.train")
-        self.feeds = [onnx_feeds(session, b) for b in batches(items, 8, prepared.collate, "cpu")]
+        self.feeds = [onnxrt.feed(session, b, path) for b in batches(items, 8, prepared.collate, "cpu")]
         self.i = 0
 
     def get_next(self) -> dict[str, Any] | None:
@@ -389,6 +365,7 @@ def _cosine(a: Any, b: Any) -> float:
     return float((num / np.maximum(den, 1e-12)).mean())
 
 
+@handler(QuantizeConfig, scheme="qat")
 def run_qat(step: Any, parent: Variant, ctx: Context) -> Variant:
     """Quantization-aware training of the parent's PyTorch model, exported as an INT8 QDQ ONNX graph.
 
@@ -407,17 +384,17 @@ def run_qat(step: Any, parent: Variant, ctx: Context) -> Variant:
     """
     import dataclasses
 
-    from toolkit.compress.finetune import device_for
+    from toolkit.compress._shared.finetune import device_for
     from toolkit.export.bundle import copy_bundle_files
     from toolkit.export.onnx import export_onnx
     from toolkit.rundir import atomic_dir
     from toolkit.targets import int8_format
 
     where = f"{ctx.recipe.source_path or 'recipe'}: [[compress]] '{step.name}' (quantize, scheme = \"qat\")"
-    task = ctx.recipe.task
-    if task not in QAT_TASKS:
-        raise UserError(f"{where}: QAT exports single-graph classifiers ({', '.join(QAT_TASKS)}); for {task} "
-                        f"use scheme = \"int8-dynamic\"")
+    task = ctx.task
+    if not task.classifies:
+        raise UserError(f"{where}: QAT exports single-graph classifiers (text and image classification); for "
+                        f"{task.name} use scheme = \"int8-dynamic\"")
     model_dir = pytorch_parent(parent, where, "quantization-aware training")
     target = getattr(step, "target", "") or "host"
     fmt = int8_format(target)
@@ -455,8 +432,8 @@ def run_qat(step: Any, parent: Variant, ctx: Context) -> Variant:
         if budget > 0:
             import onnx
 
-            from toolkit.compress.common import node_groups
-            from toolkit.compress.guard import guard
+            from toolkit.compress._shared.graphs import node_groups
+            from toolkit.compress._shared.guard import guard
 
             groups = node_groups(onnx.load(str(float_onnx)), {n.name for n in _weight_nodes(float_onnx)})
 

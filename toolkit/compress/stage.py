@@ -12,11 +12,13 @@ import shutil
 import time
 from typing import Any
 
-from toolkit.compress.registry import Context, Variant, load_variants, parse_steps, step_to_dict
+from toolkit.compress.context import Context
 from toolkit.config import Recipe, config_hash
 from toolkit.errors import UserError
 from toolkit.events import StageEmitter
 from toolkit.rundir import RunDir, load_manifest, record_artifact, update_manifest
+from toolkit.steps import handler_for, step_to_dict
+from toolkit.variants import Variant, load_variants, main_file, size_bytes
 
 STAGE = "compress"
 
@@ -31,18 +33,6 @@ def step_hash(step: Any, parent: Variant, manifest: dict[str, Any]) -> str:
     return config_hash({"step": step_to_dict(step), "parent": parent.name, "parent_sha256": parent_sha})
 
 
-def main_file(variant: Variant):
-    """The file (or folder) that holds a variant's model: model.onnx, model.pte, or model/."""
-    if variant.onnx is not None and variant.onnx.exists():
-        return variant.onnx
-    pte = variant.path / "model.pte"
-    if pte.exists():
-        return pte
-    if variant.model_dir is not None and variant.model_dir.exists():
-        return variant.model_dir
-    raise UserError(f"{variant.path}: the step wrote no model (no model.onnx, model.pte or model/)")
-
-
 def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, Variant]:
     """Run the recipe's [[compress]] steps in order into ``run``; returns every variant by name (base first).
 
@@ -54,7 +44,7 @@ def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, V
 
     quiet_onnxruntime()
     file = recipe.source_path or "recipe"
-    steps = parse_steps(recipe.compress, file)
+    steps = recipe.steps
     variants = load_variants(run.variants)
     if "base" not in variants:
         raise UserError(f"{run.variant('base')}: no baseline variant; run `python -m toolkit train` on the recipe "
@@ -77,7 +67,7 @@ def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, V
                  f"{' ' + getattr(step, 'scheme', '') if getattr(step, 'scheme', '') else ''} of '{parent.name}'")
         _clear(run, step.name)
         t0 = time.time()
-        handler = _handler_for(step)
+        handler = handler_for(step)
         try:
             variant = handler(step, parent, ctx)
         except UserError as e:
@@ -101,15 +91,6 @@ def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, V
     update_manifest(run, compress={"steps": done, "seconds": round(time.time() - started, 1)})
     emit("done", variants=[n for n in variants], steps=done)
     return variants
-
-
-def _handler_for(step: Any):
-    from toolkit.compress.registry import HANDLERS
-
-    try:
-        return HANDLERS[type(step)]
-    except KeyError:
-        raise UserError(f"compression method '{type(step).method_name}' has no handler registered") from None
 
 
 def _up_to_date(run: RunDir, name: str, chash: str, variants: dict[str, Variant]) -> bool:
@@ -138,8 +119,6 @@ def _clear(run: RunDir, name: str) -> None:
 
 def _finish(variant: Variant, step: Any, parent: Variant, run: RunDir, seconds: float) -> Variant:
     """Fill what every variant records: names, sizes, the time taken, the params when the handler did not say."""
-    from toolkit.compress.common import size_bytes
-
     if variant.name != step.name or variant.parent != parent.name:
         raise UserError(f"[[compress]] {step.name}: the handler returned variant '{variant.name}' (parent "
                         f"'{variant.parent}'); expected '{step.name}' from '{parent.name}'")

@@ -19,21 +19,22 @@ def _digits() -> Part:
     return Part(examples, [f"image {i}" for i in range(len(examples))], "builtin:digits")
 
 
-# name -> (the task it serves, loader)
-BUILTINS: dict[str, tuple[str, Callable[[], Part]]] = {"digits": ("image-classification", _digits)}
+# name -> (what its examples are: "images" with labels, loader)
+BUILTINS: dict[str, tuple[str, Callable[[], Part]]] = {"digits": ("images", _digits)}
 
 
-def load_builtin(value: str, task: str, key: str) -> Part:
-    """The built-in set ``value`` ("builtin:<name>") for ``task``.
+def load_builtin(value: str, task: str, key: str, images: bool) -> Part:
+    """The built-in set ``value`` ("builtin:<name>") for ``task`` (which reads images or not).
 
     Raises:
-        UserError: an unknown name (the known ones are listed) or a set made for another task.
+        UserError: an unknown name (the known ones are listed) or a set of examples the task does not read.
     """
     name = value.split(":", 1)[1]
     if name not in BUILTINS:
         known = ", ".join(f"builtin:{n}" for n in BUILTINS)
         raise UserError(f"{key} = '{value}': no such built-in data set; known: {known}")
-    for_task, loader = BUILTINS[name]
-    if for_task != task:
-        raise UserError(f"{key} = '{value}' is a {for_task} data set, but the recipe's task is {task}")
+    kind, loader = BUILTINS[name]
+    if (kind == "images") != images:
+        raise UserError(f"{key} = '{value}' is a set of labelled images, but the recipe's task is {task}, "
+                        f"which reads {'images' if images else 'text'}")
     return loader()

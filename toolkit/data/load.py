@@ -6,7 +6,7 @@ recipe names none, and fingerprint the three splits.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from toolkit.config import Recipe
 from toolkit.data.builtin import load_builtin
@@ -19,14 +19,16 @@ from toolkit.data.types import Example, Splits
 from toolkit.errors import UserError
 
 SPLITS = ("train", "validation", "eval")
-CLASSIFICATION = ("text-classification", "image-classification")
 CARVED = "carved from train"
 ImageTarget = tuple[tuple[int, int], str]  # the (width, height) and mode every image of a run is converted to
 
 
 def load_splits(recipe: Recipe, log: Callable[[str], None] | None = None) -> Splits:
     """Read, clean and split the recipe's data (see ``toolkit.data``)."""
+    from toolkit.registry import TASKS
+
     d, task = recipe.data, recipe.task
+    spec = TASKS.get(task, "task").data
     notes: list[str] = []
     note = notes.append  # notes go back in Splits.notes (the caller emits them); ``log`` gets progress only
     say = log or (lambda message: None)
@@ -41,30 +43,30 @@ def load_splits(recipe: Recipe, log: Callable[[str], None] | None = None) -> Spl
         if not given[split]:
             continue
         say(f"{split}: reading {given[split]}")
-        part, image_target = _read(recipe, given[split], split, image_target)
+        part, image_target = _read(recipe, spec, given[split], split, image_target)
         for n in part.notes:
             note(n)
         if d.limit and len(part.examples) > d.limit:
             note(f"{part.path}: data.limit = {d.limit}: kept the first {d.limit} of {len(part.examples)} {split} rows")
             part.examples, part.where = part.examples[:d.limit], part.where[:d.limit]
-        if task == "image-classification" and d.flag_constant_images:
+        if spec.images and d.flag_constant_images:
             part, message = drop_constant(part)
             if message:
                 note(message)
-        if d.clean and task != "image-classification":
+        if d.clean and spec.text_keys:
             _clean(part, d.clean, split, note)
         if not part.examples:
             raise UserError(f"{part.path}: no {split} examples left after reading and cleaning; check data.{split} "
                             "and data.clean")
         say(f"{split}: {len(part.examples)} examples from {part.path}")
         parts[split] = part
-    if d.clean and task == "image-classification":
-        note("data.clean is ignored: image-classification has no text fields")
-    if d.group_column and task != "text-classification":
+    if d.clean and not spec.text_keys:
+        note(f"data.clean is ignored: {task} has no text fields")
+    if d.group_column and not spec.groups:
         note(f"data.group_column is ignored: {task} reads no group column")
 
     labels: list[str] = []
-    if task in CLASSIFICATION:
+    if spec.labels:
         labels = natural_sorted([e["label"] for e in parts["train"].examples])
         if len(labels) < 2:
             raise UserError(f"{parts['train'].path}: every training example has the label '{labels[0]}'; "
@@ -73,39 +75,42 @@ def load_splits(recipe: Recipe, log: Callable[[str], None] | None = None) -> Spl
             if split in parts:
                 _check_labels(parts[split], split, labels)
 
-    out, sources = _carve_missing(recipe, parts, note)
+    out, sources = _carve_missing(recipe, spec, parts, note)
     if labels:
         missing = sorted(set(labels) - {e["label"] for e in out["train"]})
         if missing:
             note(f"the train split has no example of {', '.join(repr(m) for m in missing)} (all carved out)")
-    if task != "image-classification" and "eval" in parts:
-        _note_overlap(out["train"], out["eval"], note)
+    if spec.text_keys and "eval" in parts:
+        _note_overlap(out["train"], out["eval"], spec.text_keys, note)
     splits = Splits(out["train"], out["validation"], out["eval"], labels=labels,
                     fingerprints={s: fingerprint(out[s]) for s in SPLITS}, notes=notes, sources=sources)
     return splits
 
 
-def _read(recipe: Recipe, value: str | list[str], split: str,
+def _read(recipe: Recipe, spec: Any, value: str | list[str], split: str,
           image_target: ImageTarget | None) -> tuple[Part, ImageTarget | None]:
     """One split's data as a Part, dispatched on its shape; returns the image (size, mode) for the next split."""
+    from toolkit.registry import TASKS
+
     d, task, key = recipe.data, recipe.task, f"data.{split}"
     if isinstance(value, list):
-        if task != "seq2seq":
-            raise UserError(f"{key} = {value!r}: a pair of line-aligned files is for the seq2seq task; "
+        if not spec.pairs:
+            pairs = [n for n, t in TASKS.items() if t.data.pairs]
+            raise UserError(f"{key} = {value!r}: a pair of line-aligned files is for the {' / '.join(pairs)} task; "
                             f"the recipe's task is {task}")
         paths = [recipe.resolve_path(v) for v in value]
         return parallel_part(paths, [str(p) for p in paths], key), image_target
     if value.startswith("builtin:"):
-        part = load_builtin(value, task, key)
-        if task == "image-classification" and image_target is None:
+        part = load_builtin(value, task, key, spec.images)
+        if spec.images and image_target is None:
             h, w = part.examples[0]["image"].shape[:2]  # image folders for the other splits follow its size
             image_target = ((w, h), "L" if part.examples[0]["image"].ndim == 2 else "RGB")
         return part, image_target
     path = recipe.resolve_path(value)
     suffix = path.suffix.lower()
-    if task == "image-classification":
+    if spec.images:
         if path.exists() and not path.is_dir() or suffix in TABLE_FORMATS + (".txt",):
-            raise UserError(f"{path}: image-classification reads an image folder (one subfolder per class) or "
+            raise UserError(f"{path}: {task} reads an image folder (one subfolder per class) or "
                             f"builtin:digits; check {key} in the recipe")
         return read_image_folder(path, str(path), key, image_target)
     if not path.exists():
@@ -113,30 +118,19 @@ def _read(recipe: Recipe, value: str | list[str], split: str,
     if path.is_dir():
         raise UserError(f"{path}: is a folder; {task} reads a csv, tsv, jsonl or txt file; check {key}")
     if suffix == ".txt":
-        if task != "language-modeling":
-            hint = ("give two line-aligned files [source, target] or a csv/tsv/jsonl with source and target columns"
-                    if task == "seq2seq" else "use a csv, tsv or jsonl file with text and label columns")
+        if not spec.text_files:
+            columns = " and ".join(col.removeprefix("data.").removesuffix("_column")
+                                   for _, col in TASKS.get(task).fields(d).values())
+            hint = ("give two line-aligned files [source, target] or a csv/tsv/jsonl with " if spec.pairs else
+                    "use a csv, tsv or jsonl file with ") + f"{columns} columns"
             raise UserError(f"{path}: a .txt file is plain text for language modelling; for {task} {hint}")
         return txt_part(path, str(path), key), image_target
     if suffix not in TABLE_FORMATS:
         raise UserError(f"{path}: unknown data format '{suffix or path.name}'; use .csv, .tsv, .jsonl or .txt "
                         "(or an image folder, or builtin:digits)")
-    fields = _fields(recipe)
+    fields = TASKS.get(task).fields(d)
     table = read_table(path, key, d.header, [col for col, _ in fields.values()])
     return table_part(table, path, str(path), fields, split), image_target
-
-
-def _fields(recipe: Recipe) -> dict[str, tuple[str, str]]:
-    """Example field -> (configured column, recipe key), for the recipe's task."""
-    d = recipe.data
-    if recipe.task == "seq2seq":
-        return {"source": (d.source_column, "data.source_column"), "target": (d.target_column, "data.target_column")}
-    fields = {"text": (d.text_column, "data.text_column")}
-    if recipe.task == "text-classification":
-        fields["label"] = (d.label_column, "data.label_column")
-        if d.group_column:
-            fields["group"] = (d.group_column, "data.group_column")
-    return fields
 
 
 def _clean(part: Part, steps: list[str], split: str, note: Callable[[str], None]) -> None:
@@ -157,7 +151,7 @@ def _check_labels(part: Part, split: str, labels: list[str]) -> None:
                             f"the training data's labels are: {shown}")
 
 
-def _carve_missing(recipe: Recipe, parts: dict[str, Part],
+def _carve_missing(recipe: Recipe, spec: Any, parts: dict[str, Part],
                    note: Callable[[str], None]) -> tuple[dict[str, list[Example]], dict[str, str]]:
     """The three splits' examples and sources, carving from train what the recipe does not name."""
     a, b, c = recipe.data.split
@@ -174,13 +168,13 @@ def _carve_missing(recipe: Recipe, parts: dict[str, Part],
         plan = [("eval", carve_size(n, c / (a + c)))]
     if plan and sum(k for _, k in plan) >= n:
         raise too_few(n, sorted(s for s, _ in plan), train.path)
-    classify = recipe.task in CLASSIFICATION
-    how = ("contiguous, from the end" if recipe.task == "language-modeling"
+    classify = spec.labels
+    how = ("contiguous, from the end" if spec.contiguous
            else f"seed {recipe.seed}" + (", stratified by label" if classify else ""))
     rest = train.examples
     for split, k in plan:
         labels = [e["label"] for e in rest] if classify else None
-        kept, carved, warning = carve(len(rest), k, recipe.seed, labels, recipe.task == "language-modeling",
+        kept, carved, warning = carve(len(rest), k, recipe.seed, labels, spec.contiguous,
                                       split, train.path)
         if warning:
             note(warning)
@@ -193,9 +187,10 @@ def _carve_missing(recipe: Recipe, parts: dict[str, Part],
     return out, {s: sources[s] for s in SPLITS}
 
 
-def _note_overlap(train: list[Example], eval_: list[Example], note: Callable[[str], None]) -> None:
+def _note_overlap(train: list[Example], eval_: list[Example], keys: tuple[str, ...],
+                  note: Callable[[str], None]) -> None:
     """Say how many eval examples repeat a training text: leakage that flatters the eval metrics."""
-    fields = [f for f in ("text", "source", "target") if eval_ and f in eval_[0]]
+    fields = [f for f in keys if eval_ and f in eval_[0]]
     seen = {tuple(e[f] for f in fields) for e in train}
     same = sum(tuple(e[f] for f in fields) in seen for e in eval_)
     if same:

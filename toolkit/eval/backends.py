@@ -123,11 +123,6 @@ def require_file(path: Any) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- ONNX Runtime
-_ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8", "tensor(bool)": "bool",
-}
 
 
 @register_runner("onnxruntime", extensions=(".onnx", ".ort"))
@@ -151,37 +146,20 @@ class OnnxRuntimeRunner:
         import onnxruntime  # noqa: F401
 
     def load(self, model: Any) -> None:
-        import onnxruntime as ort
+        from toolkit import onnxrt
 
         path = self.path = require_file(model)
-        available = ort.get_available_providers()
-        for p in self.providers:
-            if p not in available:
-                raise UserError(f"execution provider '{p}' is not in this onnxruntime build; "
-                                f"available: {', '.join(available)}")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 4  # fatal only: errors reach the user once, as our one-line message
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=self.providers)
-        except Exception as e:
-            kind = type(e).__name__
-            if kind == "InvalidProtobuf" or (path.suffix.lower() == ".ort" and kind in ("Fail", "InvalidArgument")):
-                raise UserError(
-                    f"{path}: not an ONNX model ({first_line(e)}); export one with `python -m toolkit export RECIPE` "
-                    "or torch.onnx.export"
-                ) from e
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from e
+        # fatal log lines only: errors reach the user once, as our one-line message
+        self.session = onnxrt.open_session(path, threads=self.threads, providers=self.providers, timing=True)
         self.call = functools.partial(self.session.run, None)  # = session.run(None, feed)
 
     def input_specs(self, real: Mapping[str, np.ndarray] | None = None) -> list[InputSpec]:
+        from toolkit.onnxrt import NP_TYPES
+
         vocab = _onnx_vocab_sizes(self.path)
         specs = []
         for i in self.session.get_inputs():
-            dtype = _ORT_TYPES.get(i.type)
+            dtype = np.dtype(NP_TYPES[i.type]).name if i.type in NP_TYPES else None
             if dtype is None:
                 raise UserError(f"input '{i.name}' has type {i.type}, which the harness cannot synthesise")
             shape = tuple(d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else None) for d in i.shape)

@@ -5,7 +5,6 @@ import contextlib
 import os
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.eval.backends import EXECUTORCH_EXTRA, first_line, require_file, register_runner
 from toolkit.eval.inputs import InputSpec
+from toolkit.export.executorch import dynamic_inputs
 
 # ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) for the dtypes numpy can hold.
 _ET_DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
@@ -119,7 +119,7 @@ class ExecuTorchRunner:
         names = self.input_names or [f"input_{i}" for i in range(n)]
         if len(names) != n:
             raise UserError(f"input_names has {len(names)} names; the program takes {n} inputs")
-        dynamic = _dynamic_inputs(self.path, n)
+        dynamic = dynamic_inputs(self.path, n)
         specs = []
         for i in range(n):
             meta = md.input_tensor_meta(i)
@@ -162,25 +162,6 @@ class ExecuTorchRunner:
         self.method = None
         self._program = None
         self.call = None
-
-
-def _dynamic_inputs(path: Path, n: int) -> list[bool]:
-    """Which inputs of ``forward`` have dynamic (bounded) shapes, from the program's flatbuffer.
-
-    The runtime's metadata gives only the upper bounds; the ``shape_dynamism`` of each input tensor is in the
-    program itself, read with ExecuTorch's own deserializer (a private module: if it moves, inputs count as
-    static, which is what they were before dynamic shapes existed).
-    """
-    try:
-        from executorch.exir._serialize._program import deserialize_pte_binary
-
-        pte = deserialize_pte_binary(path.read_bytes())
-        program = getattr(pte, "program", pte)
-        plan = next(p for p in program.execution_plan if p.name == "forward")
-        flags = [getattr(plan.values[i].val, "shape_dynamism", 0) != 0 for i in plan.inputs]
-        return flags if len(flags) == n else [False] * n
-    except Exception:
-        return [False] * n
 
 
 def _positional_roles(specs: list[InputSpec]) -> list[InputSpec]:

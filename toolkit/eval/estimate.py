@@ -408,7 +408,7 @@ def estimate_latency(onnx_path: str | Path, target, calibration: dict[str, Any] 
             "figures": {"gflops_fp32": peak["fp32"], "gops_int8": peak["int8"], "source": target.peak.source,
                         "dram_gbs": round(machine.dram_gbs, 2), "cache_gbs": round(machine.cache_gbs, 2),
                         "llc_mib": round(machine.llc_bytes / 2**20, 2),
-                        "bandwidth": (f"measured on the host" if target.name == "host" and calibration else
+                        "bandwidth": ("measured on the host" if target.name == "host" and calibration else
                                       f"{DEFAULT_BW_EFFICIENCY:.0%} of the profile's {target.peak.bandwidth_gbs} GB/s; "
                                       f"last-level cache {machine.llc_bytes / 2**20:g} MiB assumed for {target.arch}")},
             "bounds_ms": {k: round(v * 1e3, 6) for k, v in parts.items()},

@@ -57,16 +57,9 @@ def _best_copy_gbs(nbytes: int, repeats: int) -> float:
 
 
 def _session(model, threads: int, optimize: bool = True):
-    import onnxruntime as ort
+    from toolkit import onnxrt
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    if not optimize:  # a chain of Adds stays a chain: kernels are timed, not what a fusion leaves
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return onnxrt.open_session(model, threads=threads, timing=True, optimize=optimize)
 
 
 def _best_s(session, feed: dict[str, np.ndarray], runs: int, threads: int) -> float:

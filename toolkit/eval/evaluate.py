@@ -41,7 +41,8 @@ CPU = torch.device("cpu")
 class Encoding:
     """What turns eval examples into a variant's inputs: kept for the latency samples."""
 
-    task: str
+    task: Any
+    """the Task"""
     examples: list[dict[str, Any]]
     tokenizer: Any = None
     max_length: int = 128
@@ -77,18 +78,6 @@ def eval_examples(recipe: Recipe, splits: Splits) -> list[dict[str, Any]]:
     return examples
 
 
-def ancestor_model_dir(variant: Any, variants: dict[str, Any]) -> Path | None:
-    """The PyTorch folder of the variant itself or of its nearest ancestor that has one."""
-    seen: set[str] = set()
-    v = variant
-    while v is not None and v.name not in seen:
-        seen.add(v.name)
-        if v.model_dir is not None and Path(v.model_dir).is_dir():
-            return Path(v.model_dir)
-        v = variants.get(v.parent) if v.parent else None
-    return None
-
-
 def evaluate_variant(recipe: Recipe, variant: Any, variants: dict[str, Any], splits: Splits,
                      log: Callable[[str, str], None] = lambda m, level="info": None) -> Quality:
     """Quality of ``variant`` (a ``Variant`` with local paths) on the eval split.
@@ -100,36 +89,36 @@ def evaluate_variant(recipe: Recipe, variant: Any, variants: dict[str, Any], spl
 
     task = get_task(recipe.task)
     examples = eval_examples(recipe, splits)
-    runtime = runtime_for(variant, recipe.task)
+    runtime = runtime_for(variant, task)
     pytorch = runtime == "pytorch"
     if runtime is None:
         raise UserError(f"{variant.path}: variant '{variant.name}' has neither model/ nor an .onnx graph to "
                         f"evaluate; rerun the stage that made it")
-    if runtime == "executorch" and recipe.task not in ("text-classification", "image-classification"):
+    if runtime == "executorch" and not task.classifies:
         raise UserError(f"{variant.path}: variant '{variant.name}' is an ExecuTorch program only; its {recipe.task} "
                         f"quality needs model/ or an .onnx graph (ExecuTorch decoders take one fixed shape)")
-    if recipe.task in ("text-classification", "image-classification"):
+    if task.quality == "classification":
         q = _classification(recipe, task, variant, variants, splits, examples, runtime, log)
-    elif recipe.task == "language-modeling":
+    elif task.quality == "perplexity":
         q = _language_modeling(recipe, task, variant, variants, splits, examples, pytorch)
     else:
         q = _seq2seq(recipe, task, variant, variants, splits, examples, pytorch)
-    if recipe.eval.robustness and recipe.task not in ("text-classification", "image-classification"):
+    if recipe.eval.robustness and not task.classifies:
         log(f"{variant.name}: eval.robustness covers classifiers (text and image perturbations); "
             f"{recipe.task} is evaluated clean only", "info")
     return q
 
 
-def runtime_for(variant: Any, task: str) -> str | None:
+def runtime_for(variant: Any, task: Any) -> str | None:
     """What evaluates a variant: "pytorch" (it has model/), "onnxruntime" (an ONNX graph), "executorch" (a .pte
     only, as a PT2E INT8 step leaves it), or None."""
-    from toolkit.eval.onnx_eval import graph_files
+    from toolkit.variants import graph_files
 
-    if variant.model_dir is not None and Path(variant.model_dir).is_dir():
+    if variant.has_pytorch:
         return "pytorch"
-    if graph_files(variant.path, task, variant.onnx):
+    if graph_files(variant.path, task.graphs, variant.onnx):
         return "onnxruntime"
-    if (Path(variant.path) / "model.pte").is_file():
+    if variant.pte is not None:
         return "executorch"
     return None
 
@@ -152,7 +141,7 @@ def _perturbed(recipe: Recipe, examples: list[dict[str, Any]]) -> dict[str, list
     if not recipe.eval.robustness:
         return {}
     out: dict[str, list[dict[str, Any]]] = {}
-    if recipe.task == "text-classification":
+    if "text" in examples[0]:
         for kind in rb.TEXT_PERTURBATIONS:
             texts = rb.perturb_text([str(ex["text"]) for ex in examples], kind, TEXT_RATE, seed=recipe.seed)
             out[kind] = [{**ex, "text": t} for ex, t in zip(examples, texts)]
@@ -179,9 +168,10 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
         model, source, params = prepared.model, variant.model_dir, _count(prepared.model)
     elif runtime == "onnxruntime":
         prepared, source = _onnx_classifier_inputs(recipe, task, variant, variants, splits, everything)
-        from toolkit.eval.onnx_eval import classification_probs, graph_files, onnx_params
+        from toolkit.eval.onnx_eval import classification_probs, onnx_params
+        from toolkit.variants import graph_files
 
-        onnx = graph_files(variant.path, recipe.task, variant.onnx)["model"]
+        onnx = graph_files(variant.path, task.graphs, variant.onnx)["model"]
         out = classification_probs(onnx, prepared.eval_set, prepared.collate, BATCH_SIZE)
         params = onnx_params([onnx])
     else:
@@ -204,7 +194,7 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
         evaluated_with=runtime, examples=n, metrics=metrics, conventions=conventions,
         params=params, details={"labels": labels, "confusion_matrix": clean["confusion_matrix"],
                                 "undefined": clean["undefined"]},
-        encoding=Encoding(task=recipe.task, examples=examples, tokenizer=getattr(prepared, "tokenizer", None),
+        encoding=Encoding(task=task, examples=examples, tokenizer=getattr(prepared, "tokenizer", None),
                           max_length=int((prepared.preprocess or {}).get("max_length", recipe.data.max_length)),
                           pad_id=int((prepared.preprocess or {}).get("pad_token_id") or 0), model=model,
                           source=str(source)))
@@ -217,20 +207,26 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
             g = group_metrics(y_true[:n], probs[:n].argmax(-1), probs[:n], [str(x) for x in groups], labels)
             quality.groups = {"column": recipe.data.group_column, **g}
     if perturbed:
-        quality.robustness = _robustness(recipe, clean["accuracy"], probs, y_true, n, list(perturbed))
+        quality.robustness = _robustness(recipe, "text" in examples[0], clean["accuracy"], probs, y_true, n,
+                                         list(perturbed))
     return quality
 
 
 def _onnx_classifier_inputs(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], splits: Splits,
                             examples: list[dict[str, Any]]) -> tuple[Any, str]:
-    from toolkit.eval.onnx_eval import bundle_dir, bundle_prepared
+    from types import SimpleNamespace
 
-    ancestor = ancestor_model_dir(variant, variants)
+    from toolkit.eval.onnx_eval import bundle_dir
+    from toolkit.variants import nearest_model_dir
+
+    ancestor = nearest_model_dir(variant, variants)
     if ancestor is not None:
         return _prepare(recipe, task, ancestor, splits, examples), str(ancestor)
     folder = bundle_dir(variant.path, (variant.info or {}).get("source"))
-    return (bundle_prepared(recipe.task, folder, recipe.data.max_length, splits.labels, examples),
-            str(folder) if folder else "")
+    b = task.encode_bundle(folder, recipe.data.max_length, splits.labels, {"eval": examples})
+    prepared = SimpleNamespace(eval_set=b.sets["eval"], collate=b.collate, labels=b.labels, tokenizer=b.tokenizer,
+                               preprocess=b.preprocess)
+    return prepared, str(folder) if folder else ""
 
 
 def _nll(probs: np.ndarray, y: np.ndarray) -> float:
@@ -238,7 +234,7 @@ def _nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(p, 1e-12, None)).mean())
 
 
-def _robustness(recipe: Recipe, clean: float, probs: np.ndarray, y: np.ndarray, n: int,
+def _robustness(recipe: Recipe, text: bool, clean: float, probs: np.ndarray, y: np.ndarray, n: int,
                 kinds: list[str]) -> dict[str, Any]:
     from toolkit.eval.robustness import robustness_report
 
@@ -247,7 +243,7 @@ def _robustness(recipe: Recipe, clean: float, probs: np.ndarray, y: np.ndarray, 
         sl = slice(i * n, (i + 1) * n)
         perturbed[kind] = float((probs[sl].argmax(-1) == y[sl]).mean())
     report = robustness_report(clean, perturbed, higher_is_better=True, metric="accuracy")
-    if recipe.task == "text-classification":
+    if text:
         how = (f"text: swap (adjacent characters inside a word trade places), drop (a non-space character is "
                f"deleted), case (a letter flips case), each character chosen with probability {TEXT_RATE}")
         report["parameters"] = {"rate": TEXT_RATE, "seed": recipe.seed}
@@ -264,6 +260,7 @@ def _robustness(recipe: Recipe, clean: float, probs: np.ndarray, y: np.ndarray, 
 def _language_modeling(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], splits: Splits,
                        examples: list[dict[str, Any]], pytorch: bool) -> Quality:
     from toolkit.eval.perplexity import perplexity
+    from toolkit.tasks.language_modeling import lm_stream
 
     texts = [str(ex["text"]) for ex in examples]
     if pytorch:
@@ -272,11 +269,12 @@ def _language_modeling(recipe: Recipe, task: Any, variant: Any, variants: dict[s
         window = int(prepared.preprocess.get("max_length") or recipe.data.max_length)
         params = _count(model)
     else:
-        from toolkit.eval.onnx_eval import OnnxCausalLM, config_positions, graph_files, onnx_params
+        from toolkit.eval.onnx_eval import OnnxCausalLM, config_positions, onnx_params
+        from toolkit.variants import graph_files
 
         tokenizer, source, preprocess = _tokenizer_for(variant, variants)
         window = int(preprocess.get("max_length") or recipe.data.max_length)
-        onnx = graph_files(variant.path, recipe.task, variant.onnx)["model"]
+        onnx = graph_files(variant.path, task.graphs, variant.onnx)["model"]
         model = OnnxCausalLM(onnx, config_positions(variant.path) or config_positions(source))
         params = onnx_params([onnx])
     stride = recipe.eval.perplexity_stride or max(1, window // 2)
@@ -295,22 +293,8 @@ def _language_modeling(recipe: Recipe, task: Any, variant: Any, variants: dict[s
     return Quality(evaluated_with="pytorch" if pytorch else "onnxruntime", examples=len(texts), metrics=metrics,
                    conventions=conventions, params=params,
                    details={"tokens": ppl["tokens"], "window": ppl["window"], "stride": ppl["stride"]},
-                   encoding=Encoding(task=recipe.task, examples=examples, tokenizer=tokenizer, max_length=window,
+                   encoding=Encoding(task=task, examples=examples, tokenizer=tokenizer, max_length=window,
                                      pad_id=int(pad), model=model if pytorch else None, source=str(source)))
-
-
-def lm_stream(tokenizer: Any, texts: list[str]) -> tuple[list[int], int | None]:
-    """The eval texts as one token stream laid out as the language-modelling task trains on them: each text
-    tokenised without special tokens and followed by EOS (not HF's "\\n\\n" join, whose newlines a model trained
-    on lines has never seen). Returns (ids, eos id)."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    ids: list[int] = []
-    # verbose=False: a long text is no error here (HF would warn that it exceeds model_max_length)
-    for row in tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]:
-        ids.extend(row)
-        if eos is not None:
-            ids.append(int(eos))
-    return ids, eos
 
 
 def _tokenizer_for(variant: Any, variants: dict[str, Any]) -> tuple[Any, Path, dict[str, Any]]:
@@ -318,8 +302,9 @@ def _tokenizer_for(variant: Any, variants: dict[str, Any]) -> tuple[Any, Path, d
     else the bundle beside the graph."""
     from toolkit.eval.onnx_eval import bundle_dir, read_bundle
     from toolkit.models.pretrained import load_tokenizer
+    from toolkit.variants import nearest_model_dir
 
-    folder = ancestor_model_dir(variant, variants) or bundle_dir(variant.path, (variant.info or {}).get("source"))
+    folder = nearest_model_dir(variant, variants) or bundle_dir(variant.path, (variant.info or {}).get("source"))
     if folder is None:
         raise UserError(f"{variant.path}: no tokenizer for the ONNX variant '{variant.name}': put tokenizer.json and "
                         f"preprocess.json beside its graph (or beside the .onnx model source)")
@@ -349,15 +334,16 @@ def _seq2seq(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], 
                                f"targets ({tf['tokens']} tokens)")
         params, generator = _count(model), model
     else:
-        from toolkit.eval.onnx_eval import graph_files, onnx_params, ort_seq2seq
+        from toolkit.eval.onnx_eval import onnx_params, ort_seq2seq
+        from toolkit.variants import graph_files, nearest_model_dir
 
         tokenizer, source, preprocess = _tokenizer_for(variant, variants)
         max_length = int(preprocess.get("max_length") or recipe.data.max_length)
-        graphs = graph_files(variant.path, recipe.task, variant.onnx)
+        graphs = graph_files(variant.path, task.graphs, variant.onnx)
         if "decoder" not in graphs or "encoder" not in graphs:
             raise UserError(f"{variant.path}: a seq2seq ONNX variant needs encoder_model*.onnx and "
                             f"decoder_model*.onnx; found {sorted(p.name for p in graphs.values())}")
-        generator = ort_seq2seq(graphs["encoder"], graphs["decoder"], ancestor_model_dir(variant, variants))
+        generator = ort_seq2seq(graphs["encoder"], graphs["decoder"], nearest_model_dir(variant, variants))
         params, model = onnx_params(list(graphs.values())), None
     hyps = generate(generator, tokenizer, sources, max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
                     batch_size=BATCH_SIZE, max_source_length=max_length)
@@ -377,7 +363,7 @@ def _seq2seq(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], 
                             "rouge_stemmer": ROUGE_STEMMER,
                             "samples": [{"source": s, "reference": t, "hypothesis": h}
                                         for s, t, h in list(zip(sources, refs, hyps))[:5]]},
-                   encoding=Encoding(task=recipe.task, examples=examples, tokenizer=tokenizer, max_length=max_length,
+                   encoding=Encoding(task=task, examples=examples, tokenizer=tokenizer, max_length=max_length,
                                      pad_id=int(pad), model=model, source=str(source)))
 
 

@@ -23,12 +23,10 @@ Step = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 
 
 def _session(path: Path, threads: int) -> Any:
-    """An ORT session with the latency harness's options (see toolkit.eval.backends.OnnxRuntimeRunner)."""
-    from toolkit.eval.backends import make_runner
+    """An ORT session with the latency harness's options."""
+    from toolkit import onnxrt
 
-    runner = make_runner("onnxruntime", threads)
-    runner.load(Path(path))
-    return runner.session
+    return onnxrt.open_session(path, threads=threads, timing=True)
 
 
 def _empty(spec: Any, batch: int = 1) -> np.ndarray:

@@ -19,31 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from toolkit.config import TASKS
 from toolkit.errors import UserError, did_you_mean
 
 # ---------------------------------------------------------------------------------------------------------------
 # Which metrics fit which task
 # ---------------------------------------------------------------------------------------------------------------
 
-CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "auc_roc", "confusion_matrix")
-GENERATION_METRICS = ("bleu", "chrf", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
 
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "text-classification": CLASSIFICATION_METRICS,
-    "image-classification": CLASSIFICATION_METRICS,
-    "seq2seq": GENERATION_METRICS,
-    # a language model is scored by perplexity, and its prompt continuations by the generation metrics
-    "language-modeling": ("perplexity",) + GENERATION_METRICS,
-}
-"""Every metric name a task accepts (the report's names and the ``score`` command's names)."""
-
-_TASK_SUGGEST: dict[str, tuple[str, ...]] = {
-    "text-classification": ("accuracy", "f1"),
-    "image-classification": ("accuracy", "f1"),
-    "seq2seq": ("bleu", "chrf", "rouge"),
-    "language-modeling": ("perplexity", "bleu", "chrf", "rouge"),
-}
+SHORT_NAMES = ("accuracy", "f1", "perplexity", "bleu", "chrf", "rouge")
+"""the metric names suggested first (``score``'s own names; the rest are their parts: f1_macro, rouge1 ...)"""
 
 
 def _or_list(names: Sequence[str]) -> str:
@@ -57,13 +41,14 @@ def check_metric_fits(metric: str, task: str) -> None:
         UserError: an unknown task, an unknown metric (with the nearest name), or a metric of another task,
             e.g. "bleu does not apply to text-classification; use accuracy or f1".
     """
-    if task not in TASKS:
-        raise UserError(f"'{task}' is not a task{did_you_mean(task, list(TASKS))}")
-    known = sorted({m for names in TASK_METRICS.values() for m in names})
+    from toolkit.registry import TASKS
+
+    fits = TASKS.get(task, "task").metric_names
+    known = sorted({m for _, t in TASKS.items() for m in t.metric_names})
     if metric not in known:
         raise UserError(f"'{metric}' is not a metric{did_you_mean(metric, known)}")
-    if metric not in TASK_METRICS[task]:
-        raise UserError(f"{metric} does not apply to {task}; use {_or_list(_TASK_SUGGEST[task])}")
+    if metric not in fits:
+        raise UserError(f"{metric} does not apply to {task}; use {_or_list([m for m in fits if m in SHORT_NAMES])}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@
 - seq2seq: optimum's ``ORTModelForSeq2SeqLM`` over the encoder and merged-decoder graphs, wrapped so that
   :func:`toolkit.eval.generation.generate` drives it exactly as it drives a PyTorch model.
 
-A variant with no PyTorch ancestor (an ``.onnx`` model source) is encoded with the bundle files beside its graph
-(tokenizer, preprocess.json, labels.json): :func:`bundle_prepared` mirrors the tasks' own encoding. A classifier that
-is only an ExecuTorch program (a PT2E INT8 step's result) runs in ExecuTorch (:func:`pte_classification_probs`).
+A variant with no PyTorch ancestor (an ``.onnx`` model source) is encoded by its task from the bundle files beside its
+graph (tokenizer, preprocess.json, labels.json; ``Task.encode_bundle``). A classifier that is only an ExecuTorch
+program (a PT2E INT8 step's result) runs in ExecuTorch (:func:`pte_classification_probs`).
 """
 from __future__ import annotations
 
@@ -20,38 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from toolkit import onnxrt
 from toolkit.errors import UserError
-
-_NP = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-       "tensor(float16)": np.float16, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
-
-
-def graph_files(folder: Path, task: str, onnx: Path | None = None) -> dict[str, Path]:
-    """The ONNX graphs of a variant folder by role: {"model": ...} or, seq2seq, {"encoder": ..., "decoder": ...}.
-
-    ``onnx`` (Variant.onnx) wins for the main graph; quantized graphs may carry a suffix
-    (``encoder_model_quantized.onnx``), so names are matched by prefix.
-    """
-    folder = Path(folder)
-    if task == "seq2seq":
-        enc = _first(folder, "encoder_model", onnx)
-        dec = _first(folder, "decoder_model_merged") or _first(folder, "decoder_model")
-        return {k: v for k, v in (("encoder", enc), ("decoder", dec)) if v is not None}
-    if onnx is not None and Path(onnx).is_file():
-        return {"model": Path(onnx)}
-    main = folder / "model.onnx"
-    if main.is_file():
-        return {"model": main}
-    others = sorted(p for p in folder.glob("*.onnx") if p.is_file())
-    return {"model": others[0]} if others else {}
-
-
-def _first(folder: Path, prefix: str, hint: Path | None = None) -> Path | None:
-    if hint is not None and Path(hint).name.startswith(prefix) and Path(hint).is_file():
-        return Path(hint)
-    hits = sorted(p for p in folder.glob(f"{prefix}*.onnx") if p.is_file()
-                  and not (prefix == "decoder_model" and "with_past" in p.name))
-    return hits[0] if hits else None
 
 
 def onnx_params(paths: Sequence[Path]) -> int:
@@ -66,53 +36,20 @@ def onnx_params(paths: Sequence[Path]) -> int:
     return total
 
 
-def _session(path: Path):
-    from toolkit.export.ort import open_session
-
-    return open_session(path)
-
-
-def _feed(session: Any, values: dict[str, np.ndarray], where: Path) -> dict[str, np.ndarray]:
-    """The session's inputs from ``values``; token types, positions and an empty past filled in."""
-    ids = values.get("input_ids")
-    feed = {}
-    for i in session.get_inputs():
-        dtype = _NP.get(i.type, np.float32)
-        if i.name in values:
-            value = values[i.name]
-        elif i.name == "token_type_ids":
-            value = np.zeros(ids.shape)
-        elif i.name == "position_ids":
-            mask = values.get("attention_mask", np.ones(ids.shape, dtype=np.int64))
-            value = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)  # optimum's rule (skips left padding)
-        elif i.name == "use_cache_branch":
-            value = np.array([False])
-        elif i.name.startswith("past_key_values"):
-            # no past: every symbolic axis but the batch is 0 long
-            value = np.zeros([ids.shape[0] if "batch" in str(d) else (d if isinstance(d, int) else 0)
-                              for d in i.shape])
-        else:
-            raise UserError(f"{where}: the graph takes input '{i.name}', which evaluation cannot feed "
-                            f"(it feeds {sorted(values)}); re-export the variant with `python -m toolkit export`")
-        feed[i.name] = np.asarray(value).astype(dtype)
-    return feed
-
-
 def classification_probs(path: Path, dataset: Sequence[Any], collate: Callable[[list[Any]], dict[str, Any]],
                          batch_size: int) -> dict[str, np.ndarray]:
     """Class probabilities of an ONNX classifier on ``dataset``, batched with the task's ``collate``.
 
     Returns: {"probs": (N, K) float64, "labels": (N,) int64}, as ``task.predict`` returns them.
     """
-    session = _session(path)
-    outputs = [o.name for o in session.get_outputs()]
-    name = "logits" if "logits" in outputs else outputs[0]
+    session = onnxrt.open_session(path)
+    name = onnxrt.output_name(session)
     probs, labels = [], []
     for start in range(0, len(dataset), batch_size):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         values = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in batch.items()
                   if k != "labels"}
-        logits = session.run([name], _feed(session, values, path))[0].astype(np.float64)  # (B, K)
+        logits = session.run([name], onnxrt.feed(session, values, path))[0].astype(np.float64)  # (B, K)
         logits -= logits.max(-1, keepdims=True)
         e = np.exp(logits)
         probs.append(e / e.sum(-1, keepdims=True))
@@ -129,15 +66,14 @@ class OnnxCausalLM:
 
     def __init__(self, path: Path, positions: int | None):
         self.path = Path(path)
-        self.session = _session(self.path)
-        outputs = [o.name for o in self.session.get_outputs()]
-        self._out = "logits" if "logits" in outputs else outputs[0]
+        self.session = onnxrt.open_session(self.path)
+        self._out = onnxrt.output_name(self.session)
         self.config = SimpleNamespace(n_positions=positions)
 
     def __call__(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:
         ids = input_ids.cpu().numpy().astype(np.int64)
         values = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        logits = self.session.run([self._out], _feed(self.session, values, self.path))[0]
+        logits = self.session.run([self._out], onnxrt.feed(self.session, values, self.path))[0]
         return (torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)),)
 
 
@@ -215,55 +151,6 @@ def read_bundle(folder: Path | None) -> tuple[dict[str, Any], list[str] | None]:
     from toolkit.models.pretrained import read_labels, read_preprocess
 
     return read_preprocess(folder) or {}, read_labels(folder)
-
-
-def bundle_prepared(task: str, folder: Path | None, max_length: int, split_labels: list[str],
-                    examples: Sequence[dict[str, Any]]) -> SimpleNamespace:
-    """Eval batches for a classifier from bundle files, encoded as the task encodes them.
-
-    Returns: an object with ``eval_set``, ``collate``, ``labels``, ``tokenizer``, ``preprocess`` (the parts of a
-    ``Prepared`` that evaluation uses).
-
-    Raises:
-        UserError: a text task without tokenizer files.
-    """
-    from toolkit.tasks.common import label_ids, pad_with_mask
-
-    preprocess, labels = read_bundle(folder)
-    labels = list(preprocess.get("labels") or labels or split_labels)
-    label2id = {n: i for i, n in enumerate(labels)}
-    ys = label_ids(examples, label2id, "eval")
-    if task == "image-classification":
-        from toolkit.tasks.image_classification import to_chw
-
-        items = [{"pixel_values": to_chw(ex["image"]), "labels": y} for ex, y in zip(examples, ys)]
-
-        def collate_images(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return {"pixel_values": torch.stack([it["pixel_values"] for it in batch]),  # (B, C, H, W)
-                    "labels": torch.tensor([it["labels"] for it in batch], dtype=torch.long)}
-
-        return SimpleNamespace(eval_set=items, collate=collate_images, labels=labels, tokenizer=None,
-                               preprocess=preprocess)
-    if folder is None:
-        raise UserError("an ONNX text classifier without a PyTorch ancestor needs its tokenizer: put tokenizer.json "
-                        "(and preprocess.json, labels.json) beside the .onnx model source")
-    from toolkit.models.pretrained import load_tokenizer
-
-    tokenizer = load_tokenizer(folder)
-    length = int(preprocess.get("max_length") or max_length)
-    pad_id = preprocess.get("pad_token_id", tokenizer.pad_token_id)
-    pad_id = 0 if pad_id is None else int(pad_id)
-    ids = tokenizer([str(ex["text"]) for ex in examples], truncation=True, max_length=length,
-                    return_token_type_ids=False, return_attention_mask=False)["input_ids"] if examples else []
-    items = [{"input_ids": i, "labels": y} for i, y in zip(ids, ys)]
-
-    def collate_text(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, mask = pad_with_mask([it["input_ids"] for it in batch], pad_id, cap=length)  # (B, T)
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "labels": torch.tensor([it["labels"] for it in batch], dtype=torch.long)}
-
-    return SimpleNamespace(eval_set=items, collate=collate_text, labels=labels, tokenizer=tokenizer,
-                           preprocess={**preprocess, "max_length": length, "pad_token_id": pad_id})
 
 
 def read_config(folder: Path | None) -> dict[str, Any]:

@@ -2,11 +2,10 @@
 
 For each variant (``variants/<name>/variant.json``): quality (:mod:`toolkit.eval.evaluate`), parameters, size and
 latency per ``[eval] targets`` (:mod:`toolkit.eval.variant_latency`) go into ``variants/<name>/eval.json``
-(DESIGN.md field names), entered in the manifest; then the report is rebuilt from the run directory.
+(DESIGN.md field names), entered in the manifest. The report stage (``toolkit.report``) reads them.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,9 +44,9 @@ def select_variants(run: RunDir, names: Sequence[str] | None) -> dict[str, Any]:
     Raises:
         UserError: no variants yet, or a name that is not one of them.
     """
-    from toolkit.compress.registry import load_variants
+    from toolkit.variants import load_variants
 
-    found = {name: localise(v, run) for name, v in load_variants(run.variants).items()}
+    found = load_variants(run.variants)
     if not found:
         raise UserError(f"{run.variants}: no variants to evaluate (no variant.json); train first: "
                         f"python -m toolkit train RECIPE --out {run.path}")
@@ -57,22 +56,6 @@ def select_variants(run: RunDir, names: Sequence[str] | None) -> dict[str, Any]:
         if n not in found:
             raise UserError(f"--variant {n}: no such variant in {run.variants}{did_you_mean(n, sorted(found))}")
     return {n: found[n] for n in found if n in names}
-
-
-def localise(variant: Any, run: RunDir) -> Any:
-    """The variant with its paths inside ``run`` (a run directory that was moved or named relatively still works)."""
-    folder = run.variant(variant.name)
-    model_dir = None
-    if variant.model_dir is not None:
-        model_dir = Path(variant.model_dir)
-        if not model_dir.is_dir() and (folder / model_dir.name).is_dir():
-            model_dir = folder / model_dir.name
-    onnx = None
-    if variant.onnx is not None:
-        onnx = Path(variant.onnx)
-        if not onnx.is_file() and (folder / onnx.name).is_file():
-            onnx = folder / onnx.name
-    return dataclasses.replace(variant, path=folder, model_dir=model_dir, onnx=onnx)
 
 
 def check_targets(recipe: Recipe) -> dict[str, Any]:
@@ -90,9 +73,9 @@ def check_targets(recipe: Recipe) -> dict[str, Any]:
 
 def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence[str] | None = None,
              metrics: Sequence[str] | None = None) -> dict[str, dict]:
-    """Evaluate the run's variants (all, or those named) and rebuild the report.
+    """Evaluate the run's variants (all, or those named).
 
-    Writes ``variants/<name>/eval.json`` for each and calls :func:`toolkit.report.write_report`.
+    Writes ``variants/<name>/eval.json`` for each (the report stage reads them).
 
     Args:
         variants: names of the variants to evaluate; None: all.
@@ -111,10 +94,12 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
     from toolkit.data import load_splits
     from toolkit.eval.evaluate import evaluate_variant
 
+    from toolkit.variants import load_variants
+
     keep = check_metrics(metrics, recipe.task)
     targets = check_targets(recipe)
     selected = select_variants(run, variants)
-    every = {name: localise(v, run) for name, v in _all_variants(run).items()}
+    every = load_variants(run.variants)
     emit("start", variants=list(selected), targets=list(targets))
     splits = load_splits(recipe, log=emit.log)
     results: dict[str, dict] = {}
@@ -144,33 +129,26 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
     if failed and not results:
         raise failed[0]
     emit("progress", step=len(selected), total=len(selected))
-    from toolkit.report import write_report
-
-    report = write_report(recipe, run)
-    emit("done", variants=list(results), report=str(report))
+    emit("done", variants=list(results))
     return results
-
-
-def _all_variants(run: RunDir) -> dict[str, Any]:
-    from toolkit.compress.registry import load_variants
-
-    return load_variants(run.variants)
 
 
 def _record(recipe: Recipe, variant: Any, quality: Any, keep: set[str] | None) -> dict[str, Any]:
     from toolkit.eval.evaluate import finite_or_none
     from toolkit.eval.variant_latency import CONVENTION, GENERATION_CONVENTION, graph_paths
+    from toolkit.tasks import get_task
 
+    task = get_task(recipe.task)
     metrics = {k: finite_or_none(v) for k, v in quality.metrics.items() if keep is None or k in keep}
     conventions = dict(quality.conventions)
     conventions["latency"] = CONVENTION
-    if recipe.task in ("language-modeling", "seq2seq") and recipe.eval.latency.new_tokens > 0:
+    if task.kv_cache and recipe.eval.latency.new_tokens > 0:
         conventions["generation_latency"] = GENERATION_CONVENTION.format(n=recipe.eval.latency.new_tokens)
     return {
         "schema_version": EVAL_SCHEMA, "variant": variant.name, "parent": variant.parent,
         "evaluated_with": quality.evaluated_with, "split": "eval", "examples": quality.examples,
         "metrics": metrics, "conventions": conventions, "groups": quality.groups, "robustness": quality.robustness,
-        "params": quality.params, "size_bytes": _size_bytes(variant, graph_paths(variant, recipe.task)),
+        "params": quality.params, "size_bytes": _size_bytes(variant, graph_paths(variant, task)),
         "details": quality.details,
     }
 
@@ -208,7 +186,9 @@ def _latency(recipe: Recipe, variant: Any, enc: Any, targets: dict[str, Any], ru
     from toolkit.targets import detect_host
 
     cfg = recipe.eval.latency
-    files = vl.variant_files(variant, recipe.task)
+    from toolkit.tasks import get_task
+
+    files = vl.variant_files(variant, get_task(recipe.task))
     label = f"{variant.name}: "
     host = targets.get("host") or detect_host()
     host_cache: dict[str, Any] = {}

@@ -32,7 +32,8 @@ SAMPLES = 32
 FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
           "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
           "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation")
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "ort-mobile": "ort", "executorch": "pte", "torch": "pytorch"}
+TORCH = "torch"
+"""the runtime of a variant's PyTorch model folder (model/)"""
 CONVENTION = ("p50/p90/p99/mean over timed runs after warm-up (toolkit.eval.latency: perf_counter_ns around each "
               "call, numpy linear percentiles); throughput = batch / mean; real eval samples; top-level fields = the "
               "target's preferred runtime, every runtime measured under by_runtime; source = measured | estimated")
@@ -43,93 +44,64 @@ GENERATION_CONVENTION = (
     "ONNX Runtime with the exported KV cache, PyTorch eager with use_cache=True")
 
 
-def variant_files(variant: Any, task: str) -> dict[str, Path]:
-    """The variant's deployable files by format: "onnx" (the graph timed: seq2seq's encoder), "ort", "pte"."""
-    from toolkit.eval.onnx_eval import graph_files
+def runtime_format(runtime: str) -> str:
+    """The export format whose files a runtime runs ("pytorch" for the model folder)."""
+    from toolkit.registry import FORMATS
+
+    return next((name for name, f in FORMATS.items() if f.runtime == runtime and name != "torchscript"),
+                "pytorch" if runtime == TORCH else runtime)
+
+
+def variant_files(variant: Any, task: Any) -> dict[str, Path]:
+    """The variant's deployable files by format: "onnx" (the graph timed: an encoder-decoder's encoder), "decoder",
+    and every other format's main file ("ort", "pte", ...) where the variant has one."""
+    from toolkit.registry import FORMATS
+    from toolkit.variants import graph_files
 
     folder = Path(variant.path)
-    graphs = graph_files(folder, task, variant.onnx)
+    graphs = graph_files(folder, task.graphs, variant.onnx)
     files: dict[str, Path] = {}
-    main = graphs.get("encoder" if task == "seq2seq" else "model")
+    main = graphs.get(task.graphs[0])
     if main is not None:
         files["onnx"] = main
-    if "decoder" in graphs:  # seq2seq generation needs both graphs
+    if "decoder" in graphs:  # an encoder-decoder's generation needs both graphs
         files["decoder"] = graphs["decoder"]
-    stem = main.stem if main is not None else ("encoder_model" if task == "seq2seq" else "model")
-    for fmt in ("ort", "pte"):
-        for p in (folder / f"{stem}.{fmt}", folder / f"model.{fmt}"):
+    stem = main.stem if main is not None else ("encoder_model" if len(task.graphs) > 1 else "model")
+    for name, fmt in FORMATS.items():
+        if name in files or name in ("onnx", "torchscript"):
+            continue
+        for p in (folder / f"{stem}{fmt.suffix}", folder / f"model{fmt.suffix}"):
             if p.is_file():
-                files[fmt] = p
+                files[name] = p
                 break
     return files
 
 
-def graph_paths(variant: Any, task: str) -> list[Path]:
-    """Every ONNX graph of the variant (seq2seq: encoder and decoder), for size_bytes."""
-    from toolkit.eval.onnx_eval import graph_files
+def graph_paths(variant: Any, task: Any) -> list[Path]:
+    """Every ONNX graph of the variant (an encoder-decoder's encoder and decoder), for size_bytes."""
+    from toolkit.variants import graph_files
 
-    return list(graph_files(Path(variant.path), task, variant.onnx).values())
+    return list(graph_files(Path(variant.path), task.graphs, variant.onnx).values())
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
 
 def base_samples(enc: Encoding, batch: int, seq_len: int) -> dict[str, np.ndarray]:
-    """Real eval samples: {"input_ids", "attention_mask"} (N, seq_len) or {"pixel_values"} (N, C, H, W)."""
+    """Real eval samples as the task lays them out: {"input_ids", "attention_mask"} (N, seq_len) or
+    {"pixel_values"} (N, C, H, W)."""
     n = max(batch, min(SAMPLES * batch, len(enc.examples)))
-    if enc.task == "image-classification":
-        from toolkit.tasks.image_classification import to_chw
-
-        imgs = [to_chw(enc.examples[i % len(enc.examples)]["image"]).numpy() for i in range(n)]
-        return {"pixel_values": np.stack(imgs).astype(np.float32)}
-    tok = enc.tokenizer
-    if enc.task == "language-modeling":
-        from toolkit.eval.evaluate import lm_stream
-
-        stream, _ = lm_stream(tok, [str(ex["text"]) for ex in enc.examples])
-        rows = [stream[i:i + seq_len] for i in range(0, max(len(stream) - seq_len + 1, 1), seq_len)][:n]
-    else:
-        key = "source" if enc.task == "seq2seq" else "text"
-        texts = [str(ex[key]) for ex in enc.examples[:n]]
-        rows = tok(texts, truncation=True, max_length=seq_len, return_token_type_ids=False,
-                   return_attention_mask=False)["input_ids"]
-    while len(rows) < n:  # fewer texts than one batch: repeat them
-        rows = rows + rows[: n - len(rows)]
-    ids = np.full((n, seq_len), enc.pad_id, dtype=np.int64)
-    mask = np.zeros((n, seq_len), dtype=np.int64)
-    for i, r in enumerate(rows[:n]):
-        r = list(r)[:seq_len]
-        ids[i, :len(r)] = r
-        mask[i, :len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return enc.task.latency_samples(enc.tokenizer, enc.examples, n, seq_len, enc.pad_id)
 
 
 def onnx_samples(path: Path, base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``base`` shaped to an ONNX graph's inputs: token types, positions and an empty KV cache added.
+    """``base`` shaped to an ONNX graph's inputs: token types, positions and an empty KV cache (prefill) added.
 
     Raises:
-        UserError: an input that real samples cannot fill (e.g. a merged decoder's ``use_cache_branch``).
+        UserError: an input that real samples cannot fill (e.g. a merged decoder's encoder states).
     """
-    from toolkit.export.onnx import describe
+    from toolkit import onnxrt
 
-    out: dict[str, np.ndarray] = {}
-    first = next(iter(base.values()))
-    n = first.shape[0]
-    for spec in describe(Path(path))["inputs"]:
-        name = spec["name"]
-        if name in base:
-            out[name] = base[name]
-        elif name == "token_type_ids" and "input_ids" in base:
-            out[name] = np.zeros_like(base["input_ids"])
-        elif name == "position_ids" and "attention_mask" in base:
-            mask = base["attention_mask"]
-            out[name] = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1).astype(np.int64)
-        elif name.startswith("past_key_values"):
-            # prefill: an empty cache; fixed axes (heads, head size) as declared, the others 0 long
-            shape = [n] + [d if isinstance(d, int) and d > 0 else 0 for d in spec["shape"][1:]]
-            out[name] = np.zeros(shape, dtype=np.dtype(spec["dtype"]))
-        else:
-            raise UserError(f"{path}: input '{name}' cannot be filled from eval samples")
-    return out
+    return onnxrt.feed(onnxrt.graph_inputs(path), base, path)
 
 
 def pte_names(base: dict[str, np.ndarray]) -> list[str]:
@@ -162,10 +134,10 @@ def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, thre
     """
     from toolkit.eval.latency import benchmark
 
-    image = enc.task == "image-classification"
+    image = enc.task.data.images
     seq_len = None if image else cfg.seq_len
     base = base_samples(enc, cfg.batch, cfg.seq_len)
-    graph = "encoder" if enc.task == "seq2seq" else "model"
+    graph = enc.task.graphs[0]
     out: dict[str, dict[str, Any]] = {}
     for runtime in runtimes:
         model: Any = None
@@ -184,8 +156,9 @@ def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, thre
                         length = sizes[0][1]
                         inputs = base_samples(enc, cfg.batch, length)
                 kwargs.update(options={"input_names": pte_names(inputs)}, seq_len=length)
-            elif runtime == "torch" and enc.model is not None:
-                model = enc.model.get_encoder() if enc.task == "seq2seq" else enc.model
+            elif runtime == TORCH and enc.model is not None:
+                # an encoder-decoder is timed on its encoder (one forward of the source), as the ONNX graph is
+                model = enc.model.get_encoder() if len(enc.task.graphs) > 1 else enc.model
                 inputs = base
             if model is None:
                 continue
@@ -196,11 +169,11 @@ def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, thre
             log(f"{label}host latency with {runtime} skipped: {e}", "warning")
             continue
         out[runtime] = _entry(r, graph=graph, file=shown(model if isinstance(model, Path) else enc.source, root))
-        if enc.task in ("language-modeling", "seq2seq") and cfg.new_tokens > 0 and runtime != "executorch":
+        if enc.task.kv_cache and cfg.new_tokens > 0 and runtime != "executorch":
             try:
                 out[runtime]["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
             except Exception as e:  # a graph the decode loop cannot drive: the other numbers still count
-                from toolkit.export.common import first_line
+                from toolkit.errors import first_line
 
                 log(f"{label}generation timing with {runtime} skipped: {first_line(e)}", "warning")
     return out
@@ -217,21 +190,21 @@ def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg:
     from toolkit.eval.latency_generation import time_generation
     from toolkit.eval.onnx_eval import positions_in, read_config
 
-    if enc.model is not None and runtime == "torch":
+    if enc.model is not None and runtime == TORCH:
         config = enc.model.config.to_dict()
     else:
         config = read_config(files["onnx"].parent if "onnx" in files else None) or read_config(
             Path(enc.source) if enc.source else None)
     prompt = base["input_ids"][0][base["attention_mask"][0] == 1]
-    positions = positions_in(config) if enc.task == "language-modeling" else None
+    positions = positions_in(config) if enc.task.causal else None
     if positions is not None:
         if positions <= cfg.new_tokens:
             raise UserError(f"eval.latency.new_tokens = {cfg.new_tokens} leaves no room for a prompt in the "
                             f"model's {positions} positions")
         prompt = prompt[-(positions - cfg.new_tokens):]
-    if runtime == "torch":
+    if runtime == TORCH:
         step = gs.torch_step(enc.model, threads)
-    elif runtime == "onnxruntime" and enc.task == "seq2seq":
+    elif runtime == "onnxruntime" and len(enc.task.graphs) > 1:
         if "decoder" not in files or "onnx" not in files:
             raise UserError("no decoder graph beside the encoder")
         start = config.get("decoder_start_token_id")
@@ -262,7 +235,7 @@ def top_level(by_runtime: dict[str, dict[str, Any]], preferred: str) -> dict[str
     entry = {**by_runtime[chosen], "by_runtime": by_runtime}
     if chosen != preferred:
         entry["preferred_runtime"] = preferred
-        entry["note"] = (f"no {RUNTIME_FORMAT.get(preferred, preferred)} file for the preferred runtime {preferred}: "
+        entry["note"] = (f"no {runtime_format(preferred)} file for the preferred runtime {preferred}: "
                          f"showing {chosen}; run `python -m toolkit export` for the deployable files")
     return entry
 
@@ -275,14 +248,13 @@ def target_latency(target: Any, files: dict[str, Path], enc: Encoding, cfg: Late
     ``host_entry()`` gives the host's ONNX Runtime measurement of the same graph (measured on first use).
     Returns None (with a warning) when the variant has no ONNX graph to measure or estimate.
     """
-    fmt = RUNTIME_FORMAT.get(target.runtime, "onnx")
-    model = files.get(fmt) or files.get("onnx")
+    model = files.get(runtime_format(target.runtime)) or files.get("onnx")
     if model is None:
         log(f"{label}{target.name}: no ONNX graph to measure or estimate; run `python -m toolkit export` first",
             "warning")
         return None
     threads = cfg.threads or target.threads
-    graph = "encoder" if enc.task == "seq2seq" else "model"
+    graph = enc.task.graphs[0]
     seq_len = cfg.seq_len
     from toolkit.eval.runners import runner_for
 

@@ -1,24 +1,20 @@
-"""What every exporter shares: the result record, task names, model loading, the logits wrapper, op errors.
+"""What every exporter shares: the result record, the format plug-in record, model loading.
 
 An exporter is a plain function ``export_<format>(model, out_dir, task, ...) -> ExportResult``; the result says
 which files were written, by which exporter, with which input/output signature, and (for best-effort formats)
-whether the model lowered at all and why not.
+whether the model lowered at all and why not. Each format module registers a :class:`Format` (``FORMATS``), which
+the export stage and export verification go through: the registry is the only list of formats.
 """
 from __future__ import annotations
 
-import inspect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+from toolkit.errors import UnsupportedOpError, UserError, first_line, op_error, unsupported_op  # noqa: F401
 
-from toolkit.errors import UserError, did_you_mean
-
-TASKS = ("text-classification", "language-modeling", "seq2seq", "image-classification")
-REQUIRED_TASKS = ("text-classification", "image-classification")
-"""tasks whose models must export to every format (DESIGN.md); the others are best-effort for .pte / .ts"""
+if TYPE_CHECKING:
+    import torch
 
 EAGER = "eager"
 """HF attention that torch.export / torch.jit / ExecuTorch trace cleanly (sdpa adds data-dependent branches)"""
@@ -65,66 +61,22 @@ class ExportResult:
         return plain({k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
-class UnsupportedOpError(UserError):
-    """A runtime cannot run an operator of the model. Exit 2: the message names the op and the format."""
-
-    def __init__(self, message: str, op: str | None, format: str):
-        super().__init__(message)
-        self.op = op
-        self.format = format
-
-
-# How ONNX Runtime and ExecuTorch name an op they cannot run (the op is group 1).
-_OP_PATTERNS = (
-    r"Could not find an implementation for (\S+?)\(\d+\)",         # ORT: no kernel for this op/type
-    r"No Op registered for (\S+) with domain_version",               # ORT: unknown op in a known domain
-    r"Fatal error: (\S+?)\(-?\d+\) is not a registered function/op",  # ORT: unknown domain
-    r"of operator \((\S+)\) in node",                                  # ORT: type not allowed by the schema
-    r"(?:Operator|op) [`'\"]?([\w.:]+)[`'\"]? (?:is )?not (?:implemented|supported)",  # torch / ExecuTorch
-    r"not implemented for (?:op|operator) [`'\"]?([\w.:]+)",
-    r"Missing out variants: \{'([^']+)'",                              # ExecuTorch to_executorch
-    r"is not Aten Canonical.*?([\w.]+\.default)",
-)
-
-
-def unsupported_op(message: str) -> str | None:
-    """The op a runtime's error message names, or None."""
-    for pattern in _OP_PATTERNS:
-        hit = re.search(pattern, message, flags=re.S)
-        if hit:
-            return hit.group(1)
-    return None
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0].strip()
-
-
-def op_error(exc: BaseException, fmt: str, path: Path | str) -> UnsupportedOpError | None:
-    """An UnsupportedOpError for ``exc`` when its message names an op, else None."""
-    op = unsupported_op(str(exc))
-    if op is None:
-        return None
-    return UnsupportedOpError(f"{path}: {fmt} cannot run operator '{op}' ({first_line(exc)[:300]})", op, fmt)
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise UserError(f"export: task '{task}' is not a task{did_you_mean(task, list(TASKS))}")
-    return task
-
-
 def is_model_dir(obj: Any) -> bool:
     return isinstance(obj, (str, Path)) and (Path(obj) / "config.json").is_file()
 
 
-def load_model(model: torch.nn.Module | str | Path, task: str) -> torch.nn.Module:
-    """The model in eval mode: a module as given, or a Hugging Face directory loaded with eager attention.
+def load_model(model: "torch.nn.Module | str | Path", task: Any) -> "torch.nn.Module":
+    """The model in eval mode: a module as given, or a Hugging Face directory loaded with eager attention by the
+    task's Auto class.
 
     Raises:
         UserError: a path that is not a model directory, or a model class transformers cannot load.
     """
+    import torch
+
+    from toolkit.tasks import as_task
+
+    task = as_task(task)
     if isinstance(model, torch.nn.Module):
         try:
             return model.eval()
@@ -135,93 +87,15 @@ def load_model(model: torch.nn.Module | str | Path, task: str) -> torch.nn.Modul
         raise UserError(f"{path}: not a model directory (no config.json); pass a saved model or a torch module")
     import transformers
 
-    auto = {
-        "text-classification": transformers.AutoModelForSequenceClassification,
-        "language-modeling": transformers.AutoModelForCausalLM,
-        "seq2seq": transformers.AutoModelForSeq2SeqLM,
-        "image-classification": transformers.AutoModelForImageClassification,
-    }[check_task(task)]
+    import toolkit.models  # noqa: F401  (registers the CNN with transformers' Auto classes)
+
+    auto = getattr(transformers, task.auto_class)
     try:
         loaded = auto.from_pretrained(path, attn_implementation=EAGER)
     except (ValueError, KeyError, OSError) as exc:
-        raise UserError(f"{path}: cannot load as a {task} model ({first_line(exc)[:200]}); "
+        raise UserError(f"{path}: cannot load as a {task.name} model ({first_line(exc)[:200]}); "
                         "pass the loaded torch module instead") from exc
     return loaded.eval()
-
-
-class Logits(torch.nn.Module):
-    """Positional inputs in, one logits tensor out: the form torch.export, torch.jit and torch.onnx want.
-
-    The wrapped model is used in the mode it is in (``load_model`` puts it in eval mode).
-
-    HF models return a ModelOutput; this returns its ``.logits`` (or a plain module's tensor / first output).
-    Decoders run without a KV cache; their position ids follow the attention mask, as ONNX Runtime's generation
-    loop (optimum) computes them, so left-padded prompts give the same logits everywhere.
-    """
-
-    def __init__(self, model: torch.nn.Module, input_names: list[str], task: str):
-        super().__init__()
-        self.model = model
-        self.input_names = list(input_names)
-        self.task = task
-        params = inspect.signature(model.forward).parameters
-        by_name = any(p.kind is p.VAR_KEYWORD for p in params.values()) or all(n in params for n in input_names)
-        self._positional = not by_name  # e.g. nn.Sequential.forward(input)
-        self._use_cache = "use_cache" in params
-        self._positions = (task == "language-modeling" and "position_ids" in params
-                           and "position_ids" not in input_names and "attention_mask" in input_names)
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        if self._positional:
-            return _logits(self.model(*tensors))
-        kwargs = dict(zip(self.input_names, tensors))
-        if self._positions:
-            kwargs["position_ids"] = positions_from_mask(kwargs["attention_mask"])
-        if self._use_cache:
-            kwargs["use_cache"] = False
-        return _logits(self.model(**kwargs))
-
-
-def _logits(out: Any) -> torch.Tensor:
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding: cumsum(mask) - 1, padding set to 1 (as optimum does)."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 1)
-
-
-def default_inputs(model: torch.nn.Module, task: str, batch: int = 2, seq_len: int = 8) -> dict[str, torch.Tensor]:
-    """Example inputs from the model's config: token ids below the vocabulary size, or images of its size."""
-    cfg = getattr(model, "config", None)
-    gen = torch.Generator().manual_seed(0)
-    if task == "image-classification":
-        channels = getattr(cfg, "num_channels", None) or getattr(cfg, "in_channels", None)
-        size = getattr(cfg, "image_size", None)
-        if channels is None or size is None:
-            raise UserError("export: the image model's config has no num_channels/image_size; pass example_inputs "
-                            "= {'pixel_values': tensor of shape (B, C, H, W)}")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return {"pixel_values": torch.randn(batch, channels, h, w, generator=gen)}
-    vocab = getattr(cfg, "vocab_size", None)
-    if vocab is None:
-        raise UserError(f"export: {type(model).__name__} has no config.vocab_size; pass example_inputs")
-    low = min(4, vocab - 1)  # keep clear of the usual special ids
-    ids = torch.randint(low, vocab, (batch, seq_len), generator=gen)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if task == "seq2seq":
-        dec = torch.randint(low, vocab, (batch, max(2, seq_len // 2)), generator=gen)
-        inputs |= {"decoder_input_ids": dec, "decoder_attention_mask": torch.ones_like(dec)}
-    return inputs
-
-
-def as_tensors(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(v) for k, v in inputs.items()}
 
 
 def failed(fmt: str, task: str, exporter: str, exc: BaseException) -> ExportResult:
@@ -231,3 +105,63 @@ def failed(fmt: str, task: str, exporter: str, exc: BaseException) -> ExportResu
     if op and op not in reason:
         reason = f"operator '{op}': {reason}"
     return ExportResult(format=fmt, files=[], exporter=exporter, task=task, lowered=False, reason=reason)
+
+
+@dataclass
+class ExportJob:
+    """One variant's export, as the format plug-ins see it."""
+
+    variant: Any
+    """the Variant (paths local to this run directory)"""
+    task: Any
+    """the Task"""
+    folder: Path
+    """variants/<name>/, where the files go"""
+    reference: Path | None
+    """the PyTorch model folder the files are compared with (the variant's own, else its nearest ancestor's)"""
+    config: Any
+    """the recipe's [export] settings"""
+    example: dict[str, Any] | None = None
+    """real example inputs (images; tokens where an exporter traces), None: the exporter's defaults"""
+    done: dict[str, ExportResult] = field(default_factory=dict)
+    """what the formats before this one made (``ort`` converts the ``onnx`` result)"""
+
+
+@dataclass(frozen=True)
+class Format:
+    """An export format: how to make its files from a variant and how to run them for verification.
+
+    ``export`` returns an ExportResult, or a sentence saying why the variant has no such file (not applicable,
+    did not lower). ``runners`` gives, per file of a result, (path, role, runtime label, a callable on a prepared
+    batch returning the output, the input names the file takes, an optional splitter of a batch into the shapes
+    the file accepts).
+    """
+
+    name: str
+    suffix: str
+    """the main file's suffix (".onnx", ".ort", ".pte", ".ts")"""
+    runtime: str
+    """the latency harness's runner for its files"""
+    export: Callable[[ExportJob], "ExportResult | str"]
+    runners: Callable[[ExportResult], list[tuple[Path, str, str, Any]]]
+    order: int = 0
+    """export order (a format that converts another's result comes after it)"""
+    needs: tuple[str, ...] = ()
+    """formats whose results this one converts"""
+    available: Callable[[], str | None] = lambda: None
+    """None when the format can be made here, else what to install"""
+    best_effort_when_generating: bool = False
+    """for models with a KV cache (generation) the format may fail to lower without failing the export"""
+
+
+class FileRunner:
+    """Runs one exported file on a prepared batch (verification); ``adapt`` splits/pads a batch to the shapes the
+    file accepts."""
+
+    def __init__(self, fn: Callable[[dict], Any], inputs: Any, adapt: Callable[[dict], list[dict]] | None = None):
+        self._fn = fn
+        self.inputs = set(inputs)
+        self.adapt = adapt or (lambda b: [b])
+
+    def __call__(self, batch: dict) -> Any:
+        return self._fn(batch)

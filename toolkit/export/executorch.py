@@ -12,13 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from toolkit.errors import UserError
-from toolkit.export.common import (
-    REQUIRED_TASKS, ExportResult, Logits, as_tensors, check_task, default_inputs, failed, first_line, load_model,
-    op_error,
-)
+from toolkit.errors import UserError, first_line, op_error
+from toolkit.export.common import ExportJob, ExportResult, FileRunner, Format, failed, load_model
+from toolkit.registry import FORMATS
 
 EXTRA = "pip install 'edge-toolkit[executorch]'"
 
@@ -33,14 +29,14 @@ def _require_executorch() -> str:
         raise UserError(f"the .pte format needs ExecuTorch, which is not installed: {EXTRA}") from exc
 
 
-def export_pte(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path, task: str,
+def export_pte(model_dir_or_module: Any, out_dir: Path, task: Any,
                example_inputs: dict[str, Any] | None = None, *, required: bool | None = None,
                filename: str = "model.pte", max_batch: int = 64, seq_len: int = 32) -> ExportResult:
     """Lower a model to an ExecuTorch program with the XNNPACK backend and write ``out_dir/filename``.
 
     Args:
         model_dir_or_module: an HF model directory or a torch module (also one PT2E has quantized to INT8).
-        task: text-classification | language-modeling | seq2seq | image-classification.
+        task: the Task (classifiers must lower; models with a KV cache are exported at static shapes).
         example_inputs: names -> tensors, in the order the program takes them; default from the model's config
             (classifiers: input_ids, attention_mask; seq2seq also decoder_input_ids, decoder_attention_mask;
             images: pixel_values).
@@ -53,22 +49,25 @@ def export_pte(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path,
         UserError: ExecuTorch is not installed (names the extra), or a required model did not lower
             (UnsupportedOpError when the error names the op).
     """
-    check_task(task)
+    from toolkit.export.logits import Logits, as_tensors
+    from toolkit.tasks import as_task
+
+    task = as_task(task)
     version = _require_executorch()
-    required = task in REQUIRED_TASKS if required is None else required
+    required = task.classifies if required is None else required
     exporter = f"executorch {version} (XNNPACK)"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / filename
     module = load_model(model_dir_or_module, task)
-    static = task in ("language-modeling", "seq2seq")
+    static = task.kv_cache
     if example_inputs:
         inputs = as_tensors(example_inputs)
     elif static:
-        inputs = default_inputs(module, task, batch=1, seq_len=min(seq_len, _max_positions(module) - 1))
+        inputs = task.dummy_inputs(module, 1, min(seq_len, _max_positions(module) - 1))
     else:
-        inputs = default_inputs(module, task)
-    wrapper = Logits(module, list(inputs), task)
+        inputs = task.dummy_inputs(module, 2, 8)
+    wrapper = Logits(module, list(inputs), task.causal)
     extra: dict[str, Any] = {}
     try:
         program, inputs = _capture(wrapper, inputs, static, max_batch, _max_positions(module), extra)
@@ -77,7 +76,7 @@ def export_pte(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path,
         if required:
             raise op_error(exc, "pte (ExecuTorch/XNNPACK)", path) or UserError(
                 f"{path}: the model did not lower to ExecuTorch: {first_line(exc)[:300]}") from exc
-        return failed("pte", task, exporter, exc)
+        return failed("pte", task.name, exporter, exc)
     path.write_bytes(buffer)
     try:
         _load(path)
@@ -85,19 +84,19 @@ def export_pte(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path,
         if required:
             raise UserError(f"{path}: ExecuTorch cannot load the program it wrote: {first_line(exc)[:300]}") from exc
         path.unlink()
-        return failed("pte", task, exporter, exc)
+        return failed("pte", task.name, exporter, exc)
     if static:
         extra |= {"static_shapes": True, "kv_cache": False,
                   "note": "logits only, no KV cache: each call recomputes the padded window"}
     dynamic = "static" not in extra["shapes"]
     signature = [{"name": k, "shape": _shape(k, v, dynamic), "dtype": str(v.dtype).removeprefix("torch.")}
                  for k, v in inputs.items()]
-    return ExportResult(format="pte", files=[path], exporter=exporter, task=task, inputs=signature,
+    return ExportResult(format="pte", files=[path], exporter=exporter, task=task.name, inputs=signature,
                         outputs=["logits"], graphs={path.name: {"role": "model", "inputs": signature,
                                                                 "outputs": ["logits"]}}, extra=extra)
 
 
-def _max_positions(module: torch.nn.Module) -> int:
+def _max_positions(module: Any) -> int:
     cfg = getattr(module, "config", None)
     for key in ("max_position_embeddings", "n_positions"):
         if isinstance(getattr(cfg, key, None), int):
@@ -105,11 +104,11 @@ def _max_positions(module: torch.nn.Module) -> int:
     return 512
 
 
-def _capture(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], static: bool, max_batch: int,
+def _capture(wrapper: Any, inputs: dict[str, Any], static: bool, max_batch: int,
              max_len: int, extra: dict[str, Any]):
     """torch.export: with dynamic batch/sequence axes; else static at batch 1 (fed one row at a time); else at
     the example's shapes (e.g. a PT2E GraphModule captured at that batch size). Returns (program, inputs)."""
-    attempts: list[tuple[dict[str, torch.Tensor], tuple | None]] = [(inputs, None)]
+    attempts: list[tuple[dict[str, Any], tuple | None]] = [(inputs, None)]
     if not static:
         attempts = [(inputs, _dynamic_shapes(inputs, max_batch, max_len)),
                     ({k: v[:1] for k, v in inputs.items()}, None), (inputs, None)]
@@ -127,7 +126,7 @@ def _capture(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], static: 
     raise AssertionError("unreachable")
 
 
-def _dynamic_shapes(inputs: dict[str, torch.Tensor], max_batch: int, max_len: int) -> tuple:
+def _dynamic_shapes(inputs: dict[str, Any], max_batch: int, max_len: int) -> tuple:
     from torch.export import Dim
 
     batch = Dim("batch_size", min=1, max=max_batch)
@@ -142,7 +141,7 @@ def _dynamic_shapes(inputs: dict[str, torch.Tensor], max_batch: int, max_len: in
     return (tuple(shapes),)  # one entry: the wrapper's *tensors
 
 
-def _shape(name: str, t: torch.Tensor, dynamic: bool) -> list[int | str]:
+def _shape(name: str, t: Any, dynamic: bool) -> list[int | str]:
     shape: list[int | str] = list(t.shape)
     if dynamic:
         shape[0] = "batch_size"
@@ -151,7 +150,9 @@ def _shape(name: str, t: torch.Tensor, dynamic: bool) -> list[int | str]:
     return shape
 
 
-def _export(wrapper: torch.nn.Module, inputs: dict[str, torch.Tensor], dynamic_shapes: tuple | None):
+def _export(wrapper: Any, inputs: dict[str, Any], dynamic_shapes: tuple | None) -> Any:
+    import torch
+
     with torch.no_grad():
         return torch.export.export(wrapper, tuple(inputs.values()), dynamic_shapes=dynamic_shapes)
 
@@ -169,6 +170,25 @@ def _load(path: Path):
     return Runtime.get().load_program(str(path)).load_method("forward")
 
 
+def dynamic_inputs(path: Path, n: int) -> list[bool]:
+    """Which inputs of ``forward`` have dynamic (bounded) shapes, from the program's flatbuffer.
+
+    The runtime's metadata gives only the upper bounds; the ``shape_dynamism`` of each input tensor is in the
+    program itself, read with ExecuTorch's own deserializer (a private module: if it moves, inputs count as
+    static, which is what they were before dynamic shapes existed).
+    """
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        pte = deserialize_pte_binary(path.read_bytes())
+        program = getattr(pte, "program", pte)
+        plan = next(p for p in program.execution_plan if p.name == "forward")
+        flags = [getattr(plan.values[i].val, "shape_dynamism", 0) != 0 for i in plan.inputs]
+        return flags if len(flags) == n else [False] * n
+    except Exception:
+        return [False] * n
+
+
 def load_method(path: Path | str):
     """The ``forward`` method of a ``.pte`` in the ExecuTorch runtime (``method.execute([tensors])``)."""
     _require_executorch()
@@ -177,3 +197,100 @@ def load_method(path: Path | str):
     except Exception as exc:
         raise op_error(exc, "pte (ExecuTorch)", path) or UserError(
             f"{path}: ExecuTorch cannot load it: {first_line(exc)[:300]}") from exc
+
+
+# ---- the format plug-in --------------------------------------------------------------------------------------
+
+REAL_ROWS = "__rows__"
+"""a batch piece's key: how many of its rows are real (static programs are filled to their batch size)"""
+
+
+def existing_pte(path: Path, task: Any) -> ExportResult:
+    """An ExportResult for a .pte a PT2E step wrote: inputs named in the exporter's order (input_ids,
+    attention_mask / pixel_values), dtypes and sizes from the program, dynamic where the program says so."""
+    md = load_method(path).metadata
+    n = md.num_inputs()
+    names = (["pixel_values"] if task.data.images else
+             ["input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"])[:n]
+    dynamic = dynamic_inputs(path, n)
+    inputs = []
+    for i, name in enumerate(names):
+        meta = md.input_tensor_meta(i)
+        shape: list[int | str] = [int(d) for d in meta.sizes()]
+        if dynamic[i]:
+            shape[0] = "batch_size"
+            if len(shape) == 2:
+                shape[1] = "sequence_length"
+        inputs.append({"name": name, "shape": shape, "dtype": {4: "int64", 6: "float32"}.get(meta.dtype(), "float32")})
+    return ExportResult(format="pte", files=[path], exporter="compress stage (PT2E)", task=task.name, inputs=inputs,
+                        outputs=["logits"], graphs={path.name: {"role": "model", "inputs": inputs,
+                                                                "outputs": ["logits"]}})
+
+
+def _export_job(job: ExportJob) -> ExportResult | str:
+    if not job.variant.has_pytorch:
+        pte = job.folder / "model.pte"
+        return (existing_pte(pte, job.task) if pte.is_file() else
+                f"no PyTorch model to lower ({job.variant.method} made an ONNX Runtime graph)")
+    r = export_pte(job.variant.model_dir, job.folder, job.task, example_inputs=job.example)
+    return r if r.lowered else f"did not lower to ExecuTorch: {r.reason}"
+
+
+def _runners(result: ExportResult) -> list:
+    from importlib.metadata import version
+
+    method = load_method(result.files[0])
+    names = [i["name"] for i in result.inputs]
+    runner = FileRunner(lambda b: _pte_run(method, result, b), names, lambda b: _fit_static(result, b))
+    return [(result.files[0], "model", f"executorch {version('executorch')} (XNNPACK)", runner)]
+
+
+def _available() -> str | None:
+    try:
+        import executorch.exir  # noqa: F401
+    except ImportError:
+        return f"the .pte format needs ExecuTorch, which is not installed: {EXTRA}"
+    return None
+
+
+def _pte_run(method: Any, result: ExportResult, batch: dict) -> Any:
+    import torch
+
+    dtypes = {i["name"]: getattr(torch, i["dtype"]) for i in result.inputs}
+    tensors = [batch[name].to(dtypes[name]).contiguous() for name in dtypes]
+    return method.execute(tensors)[0].float().numpy()
+
+
+
+def _fit_static(result: ExportResult, batch: dict) -> list[dict]:
+    """Static-shape programs: groups of the program's batch size, token inputs right-padded (mask 0) or cut to
+    its length; a short last group is filled with copies of its last row, which ``REAL_ROWS`` leaves uncounted."""
+    shapes = {i["name"]: i["shape"] for i in result.inputs}
+    static_batch = next((s[0] for s in shapes.values() if isinstance(s[0], int)), None)
+    static_len = any(len(s) > 1 and isinstance(s[1], int) for s in shapes.values())
+    if static_batch is None and not static_len:
+        return [batch]
+    rows = next(iter(batch.values())).shape[0]
+    size = static_batch or rows
+    import torch
+
+    pieces = []
+    for start in range(0, rows, size):
+        real = min(size, rows - start)
+        piece: dict[str, Any] = {}
+        for name, t in batch.items():
+            t = t[start:start + real]
+            if real < size:
+                t = torch.cat([t, t[-1:].expand(size - real, *t.shape[1:])])
+            shape = shapes.get(name)
+            if shape is not None and t.dim() == 2 and isinstance(shape[1], int):
+                t = t[:, :shape[1]]
+                t = torch.nn.functional.pad(t, (0, shape[1] - t.shape[1]), value=0)
+            piece[name] = t.contiguous()
+        piece[REAL_ROWS] = real
+        pieces.append(piece)
+    return pieces
+
+
+FORMATS.register("pte", Format("pte", ".pte", "executorch", _export_job, _runners, order=2, available=_available,
+                               best_effort_when_generating=True))

@@ -12,20 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnx
-import torch
+from toolkit.errors import UserError, first_line
+from toolkit.export.common import ExportJob, ExportResult, FileRunner, Format, is_model_dir, load_model
+from toolkit.registry import FORMATS
 
-from toolkit.errors import UserError
-from toolkit.export.common import (
-    ExportResult, Logits, as_tensors, check_task, default_inputs, first_line, is_model_dir, load_model,
-)
-
-OPTIMUM_TASKS = {
-    "text-classification": "text-classification",
-    "language-modeling": "text-generation-with-past",
-    "seq2seq": "text2text-generation-with-past",
-    "image-classification": "image-classification",
-}
 MAIN = "model.onnx"
 
 # optimum's file names -> the role a runtime gives them
@@ -40,7 +30,7 @@ _ORDER = ["model.onnx", "encoder_model.onnx", "decoder_model_merged.onnx", "deco
           "decoder_with_past_model.onnx"]
 
 
-def export_onnx(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path, task: str, opset: int = 18,
+def export_onnx(model_dir_or_module: Any, out_dir: Path, task: Any, opset: int = 18,
                 example_inputs: dict[str, Any] | None = None, keep_unmerged: bool = False) -> ExportResult:
     """Export a model to ONNX in ``out_dir``.
 
@@ -49,7 +39,7 @@ def export_onnx(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path
             ``PreTrainedModel`` instance of an architecture optimum knows is saved to a temporary folder and
             exported like a directory.
         out_dir: where ``model.onnx`` (encoder-decoders: ``encoder_model.onnx`` + ``decoder_model_merged.onnx``) go.
-        task: text-classification | language-modeling | seq2seq | image-classification.
+        task: the Task, or its name (its optimum task name, its dummy inputs).
         opset: ONNX opset (optimum recommends >= 18 for BERT-style models).
         example_inputs: names -> tensors for the torch.onnx path; default: from the model's config.
         keep_unmerged: encoder-decoders: also keep optimum's ``decoder_model.onnx`` and
@@ -61,37 +51,40 @@ def export_onnx(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path
     Raises:
         UserError: unknown task, a path that is not a model directory, a model that cannot be exported.
     """
-    check_task(task)
+    import torch
+
+    from toolkit.tasks import as_task
+
+    task = as_task(task)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_type = _model_type(model_dir_or_module)
-    if model_type is not None and _optimum_knows(model_type, task):
+    if model_type is not None and _optimum_knows(model_type, task.optimum_task):
         if isinstance(model_dir_or_module, torch.nn.Module):
             with tempfile.TemporaryDirectory(prefix="export-") as tmp:
                 model_dir_or_module.save_pretrained(tmp)
                 return _export_optimum(Path(tmp), out_dir, task, opset, keep_unmerged)
         return _export_optimum(Path(model_dir_or_module), out_dir, task, opset, keep_unmerged)
-    if task != "image-classification" and not isinstance(model_dir_or_module, torch.nn.Module):
-        raise UserError(f"{model_dir_or_module}: optimum-onnx cannot export model_type '{model_type}' for {task}; "
-                        "pass the loaded torch module to export it with torch.onnx")
+    if task.kv_cache and not isinstance(model_dir_or_module, torch.nn.Module):
+        raise UserError(f"{model_dir_or_module}: optimum-onnx cannot export model_type '{model_type}' for "
+                        f"{task.name}; pass the loaded torch module to export it with torch.onnx")
     module = load_model(model_dir_or_module, task)
     return _export_torch(module, out_dir, task, opset, example_inputs)
 
 
 def _model_type(obj: Any) -> str | None:
-    if is_model_dir(obj):
-        import json
+    """The family's name as its config says it (what optimum's exporters are keyed by), for a Hugging Face model
+    or model folder; None for a plain torch module."""
+    from toolkit.arch import family_name
 
-        return json.loads((Path(obj) / "config.json").read_text()).get("model_type")
-    config = getattr(obj, "config", None)
-    if isinstance(obj, torch.nn.Module) and hasattr(obj, "save_pretrained") and config is not None:
-        return getattr(config, "model_type", None)
-    if isinstance(obj, (str, Path)):
+    if isinstance(obj, (str, Path)) and not is_model_dir(obj):
         raise UserError(f"{obj}: not a model directory (no config.json)")
-    return None
+    if not is_model_dir(obj) and not hasattr(obj, "save_pretrained"):
+        return None
+    return family_name(obj)
 
 
-def _optimum_knows(model_type: str, task: str) -> bool:
+def _optimum_knows(model_type: str, optimum_task: str) -> bool:
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs with TasksManager)
     from optimum.exporters.tasks import TasksManager
 
@@ -100,21 +93,22 @@ def _optimum_knows(model_type: str, task: str) -> bool:
             tasks = TasksManager.get_supported_tasks_for_model_type(name, "onnx", library_name="transformers")
         except (KeyError, ValueError):
             continue
-        return OPTIMUM_TASKS[task] in tasks
+        return optimum_task in tasks
     return False
 
 
-def _export_optimum(model_dir: Path, out_dir: Path, task: str, opset: int, keep_unmerged: bool) -> ExportResult:
+def _export_optimum(model_dir: Path, out_dir: Path, task: Any, opset: int, keep_unmerged: bool) -> ExportResult:
     from importlib.metadata import version
 
     from optimum.exporters.onnx import main_export
 
     try:
         # do_validation=False: verify.py compares every file with PyTorch on real samples instead
-        main_export(str(model_dir), output=out_dir, task=OPTIMUM_TASKS[task], opset=opset, device="cpu",
+        main_export(str(model_dir), output=out_dir, task=task.optimum_task, opset=opset, device="cpu",
                     library_name="transformers", do_validation=False)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"{model_dir}: optimum-onnx could not export it for {task}: {first_line(exc)[:300]}") from exc
+        raise UserError(f"{model_dir}: optimum-onnx could not export it for {task.name}: "
+                        f"{first_line(exc)[:300]}") from exc
     written = [out_dir / name for name in _ORDER if (out_dir / name).exists()]
     if (out_dir / "decoder_model_merged.onnx").exists() and not keep_unmerged:
         for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
@@ -133,9 +127,13 @@ def _remove_onnx(path: Path) -> None:
         data.unlink()
 
 
-def _export_torch(module: torch.nn.Module, out_dir: Path, task: str, opset: int,
+def _export_torch(module: Any, out_dir: Path, task: Any, opset: int,
                   example_inputs: dict[str, Any] | None) -> ExportResult:
-    inputs = as_tensors(example_inputs) if example_inputs else default_inputs(module, task)
+    import torch
+
+    from toolkit.export.logits import Logits, as_tensors
+
+    inputs = as_tensors(example_inputs) if example_inputs else task.dummy_inputs(module, 2, 8)
     names = list(inputs)
     dynamic: dict[str, dict[int, str]] = {}
     for name, t in inputs.items():
@@ -144,11 +142,11 @@ def _export_torch(module: torch.nn.Module, out_dir: Path, task: str, opset: int,
             axes[1] = "decoder_sequence_length" if name.startswith("decoder_") else "sequence_length"
         dynamic[name] = axes
     out_axes = {0: "batch_size"}
-    if task in ("language-modeling", "seq2seq"):
-        out_axes[1] = "decoder_sequence_length" if task == "seq2seq" else "sequence_length"
+    if task.kv_cache:  # token logits: one row per (decoder) position
+        out_axes[1] = "decoder_sequence_length" if len(task.graphs) > 1 else "sequence_length"
     dynamic["logits"] = out_axes
     path = out_dir / MAIN
-    wrapper = Logits(module, names, task)
+    wrapper = Logits(module, names, task.causal)
     try:
         with torch.no_grad():
             torch.onnx.export(wrapper, tuple(inputs.values()), str(path), input_names=names, output_names=["logits"],
@@ -158,28 +156,30 @@ def _export_torch(module: torch.nn.Module, out_dir: Path, task: str, opset: int,
     return _result([path], f"torch.onnx {torch.__version__}", task)
 
 
-def _result(files: list[Path], exporter: str, task: str) -> ExportResult:
+def _result(files: list[Path], exporter: str, task: Any) -> ExportResult:
     graphs = {p.name: {"role": _ROLES.get(p.name, "model"), **describe(p)} for p in files}
     main = graphs[files[0].name]
-    if task == "seq2seq" and len(files) > 1:
+    if len(files) > 1:
         extra = {"graphs": "encoder + decoder (merged: with and without past, switched by use_cache_branch)"}
-    elif task == "language-modeling":
+    elif task.kv_cache:
         extra = {"kv_cache": any(i["name"].startswith("past_key_values") for i in main["inputs"])}
     else:
         extra = {}
-    return ExportResult(format="onnx", files=files, exporter=exporter, task=task, opset=opset_of(files[0]),
+    return ExportResult(format="onnx", files=files, exporter=exporter, task=task.name, opset=opset_of(files[0]),
                         inputs=main["inputs"], outputs=main["outputs"], graphs=graphs, extra=extra)
 
 
 def describe(path: Path) -> dict[str, Any]:
     """A graph's inputs ({"name", "shape", "dtype"}; axis names for dynamic axes) and output names."""
+    import onnx
+
     model = onnx.load(str(path), load_external_data=False)
 
-    def shape(value: onnx.ValueInfoProto) -> list[int | str]:
+    def shape(value: Any) -> list[int | str]:
         dims = value.type.tensor_type.shape.dim
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
 
-    def dtype(value: onnx.ValueInfoProto) -> str:
+    def dtype(value: Any) -> str:
         return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
 
     init = {i.name for i in model.graph.initializer}
@@ -188,5 +188,67 @@ def describe(path: Path) -> dict[str, Any]:
 
 
 def opset_of(path: Path) -> int:
+    import onnx
+
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+# ---- the format plug-in --------------------------------------------------------------------------------------
+
+def existing_onnx(variant: Any, task: Any) -> ExportResult | None:
+    """An ExportResult for the ONNX graph(s) a compression step wrote (encoder-decoders: both), or None."""
+    from toolkit.variants import graph_files
+
+    graphs = graph_files(Path(variant.path), task.graphs, variant.onnx)
+    files = [graphs[k] for k in ("model", "encoder", "decoder") if k in graphs]
+    if not files:
+        return None
+    result = _result(files, f"compress stage ({variant.method}: {variant.info.get('scheme', variant.method)})", task)
+    for role, path in graphs.items():  # quantized graphs may carry a suffix; give each its role
+        result.graphs[path.name]["role"] = role
+    return result
+
+
+def _export(job: ExportJob) -> ExportResult | str:
+    if not job.variant.has_pytorch:  # an ONNX Runtime variant (INT8 / FP16): its own graph, lossy vs the ancestor
+        found = existing_onnx(job.variant, job.task)
+        return found or f"{job.variant.name} has no ONNX graph (made by {job.variant.method})"
+    return export_onnx(job.variant.model_dir, job.folder, job.task, opset=job.config.opset,
+                       example_inputs=job.example)
+
+
+def ort_runners(result: ExportResult) -> list[tuple[Path, str, str, FileRunner]]:
+    """ONNX Runtime sessions for every graph of an onnx/ort result; a decoder graph is fed by the exported
+    encoder, as a deployed pipeline would be."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from toolkit import onnxrt
+
+    runtime = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+    roles = {p: result.graphs.get(p.name, {}).get("role", "model") for p in result.files}
+    sessions = {p: onnxrt.open_session(p, fmt=result.format) for p in result.files}
+    encoder = next((sessions[p] for p, r in roles.items() if r == "encoder"), None)
+    runners = []
+    for path, role in roles.items():
+        session = sessions[path]
+
+        def run(b: dict, session: Any = session, role: str = role) -> np.ndarray:
+            feed = dict(b)
+            if role == "decoder":
+                if encoder is None:
+                    raise UserError(f"{result.files[0]}: a decoder graph without its encoder graph")
+                hidden = encoder.run(None, {i.name: b[i.name].numpy() for i in encoder.get_inputs()})[0]
+                feed = {"input_ids": b["decoder_input_ids"], "encoder_attention_mask": b["attention_mask"],
+                        "encoder_hidden_states": torch.from_numpy(hidden), "attention_mask": b["attention_mask"],
+                        "decoder_attention_mask": b["decoder_attention_mask"]}
+            name = onnxrt.output_name(session, "last_hidden_state" if role == "encoder" else "logits")
+            return session.run([name], onnxrt.feed(session, feed, path))[0]
+
+        runners.append((path, role, runtime, FileRunner(run, [i.name for i in session.get_inputs()])))
+    return runners
+
+
+FORMATS.register("onnx", Format("onnx", ".onnx", "onnxruntime", _export, ort_runners, order=0))

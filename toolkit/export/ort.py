@@ -10,30 +10,10 @@ import contextlib
 import io
 from pathlib import Path
 
-from toolkit.errors import UserError
-from toolkit.export.common import ExportResult, UnsupportedOpError, first_line, op_error
-
-
-def open_session(path: Path | str, fmt: str | None = None, threads: int | None = None):
-    """An onnxruntime CPU session for an ``.onnx`` or ``.ort`` file.
-
-    Raises:
-        UnsupportedOpError: the runtime has no kernel for an op of the graph (the message names op and format).
-        UserError: any other load failure (missing or corrupt file).
-    """
-    import onnxruntime as ort
-
-    path = Path(path)
-    fmt = fmt or ("ort" if path.suffix == ".ort" else "onnx")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph, NotImplemented)
-        raise op_error(exc, f"onnxruntime {ort.__version__} ({fmt})", path) or \
-            UserError(f"{path}: onnxruntime cannot load it: {first_line(exc)[:300]}") from exc
+from toolkit.errors import UnsupportedOpError, UserError, first_line, op_error
+from toolkit.export.common import ExportJob, ExportResult, Format
+from toolkit.onnxrt import open_session
+from toolkit.registry import FORMATS
 
 
 def export_ort(onnx: ExportResult | Path | list[Path], out_dir: Path | None = None,
@@ -82,7 +62,7 @@ def export_ort(onnx: ExportResult | Path | list[Path], out_dir: Path | None = No
         config = dest_dir / src.with_suffix(".required_operators.config").name
         if not ort_path.is_file() or not config.is_file():
             raise UserError(f"{src}: the converter wrote no {ort_path.name} / {config.name} into {dest_dir}")
-        open_session(ort_path, "ort")
+        open_session(ort_path, fmt="ort")
         files.append(ort_path)
         configs[ort_path.name] = config
     extra: dict = {"required_operators": configs, "optimization": "Fixed, level all",
@@ -98,5 +78,27 @@ def export_ort(onnx: ExportResult | Path | list[Path], out_dir: Path | None = No
         result.graphs = {p.with_suffix(".ort").name: onnx.graphs[p.name] for p in onnx.files if p.name in onnx.graphs}
     return result
 
+
+def _export(job: ExportJob) -> ExportResult | str:
+    import logging
+
+    import onnxruntime.tools.ort_format_model.utils  # noqa: F401  (creates the logger quieted below)
+
+    onnx_result = job.done.get("onnx")
+    if onnx_result is None:
+        return (f"{job.variant.name} has no ONNX graph to convert" if not job.variant.has_pytorch else
+                "the ONNX export failed, so there is nothing to convert")
+    # the converter's config helper logs each file it writes at INFO on its own handler: keep the console quiet
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+    return export_ort(onnx_result)
+
+
+def _runners(result: ExportResult) -> list:
+    from toolkit.export.onnx import ort_runners
+
+    return ort_runners(result)
+
+
+FORMATS.register("ort", Format("ort", ".ort", "ort-mobile", _export, _runners, order=1, needs=("onnx",)))
 
 __all__ = ["export_ort", "open_session", "UnsupportedOpError"]

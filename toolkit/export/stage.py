@@ -30,9 +30,24 @@ from toolkit.events import StageEmitter
 from toolkit.rundir import RunDir, atomic_write_json, record_artifact, update_manifest
 
 STAGE = "export"
-ORDER = ("onnx", "ort", "pte", "torchscript")
 VERIFY_BATCH = 8
-EXTRA = "pip install 'edge-toolkit[executorch]'"
+
+
+def export_formats(names: list[str]) -> list[Any]:
+    """The registered formats ``names`` asks for, in export order, with the formats they convert added."""
+    from toolkit.registry import FORMATS
+
+    wanted = set(names)
+    for name in list(wanted):
+        wanted.update(FORMATS.get(name, "[export] formats").needs)
+    return sorted((FORMATS.get(n) for n in wanted), key=lambda f: f.order)
+
+
+def executorch_available() -> bool:
+    """ExecuTorch (the optional extra) imports."""
+    from toolkit.registry import FORMATS
+
+    return FORMATS.get("pte").available() is None
 
 
 def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = False) -> dict[str, list[dict]]:
@@ -45,32 +60,29 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
     from toolkit.rundir import quiet_onnxruntime
 
     quiet_onnxruntime()
-    import toolkit.models  # noqa: F401  (registers the CNN with transformers' Auto classes)
-    from toolkit.compress.registry import Context, load_variants
     from toolkit.export.verify import raise_if_failed
+    from toolkit.variants import load_variants
 
-    variants = {name: _rebase(v, run) for name, v in load_variants(run.variants).items()}
+    variants = load_variants(run.variants)
     if not variants:
         raise UserError(f"{run.variants}: no variants to export; train first (python -m toolkit train RECIPE)")
-    formats = [f for f in ORDER if f in recipe.export.formats]
-    if "ort" in formats and "onnx" not in formats:
-        formats.insert(0, "onnx")  # .ort files are converted from the ONNX graph
+    formats = export_formats(list(recipe.export.formats))
     skipped: dict[str, str] = {}
-    if "pte" in formats and not executorch_available():
-        why = f"ExecuTorch is not installed: {EXTRA}"
+    for fmt in formats:
+        why = fmt.available()
+        if why is None:
+            continue
         if strict:
-            raise UserError(f"[export] formats includes 'pte': the .pte format needs ExecuTorch, which is not "
-                            f"installed: {EXTRA}")
-        emit.log(f".pte skipped: {why}", "warning")
-        skipped["pte"] = why
-    ctx = Context(recipe, run, emit)
-    exporter = _VariantExport(recipe, run, emit, ctx, variants, strict)
-    emit("start", total=len(variants), variants=list(variants), formats=formats)
+            raise UserError(f"[export] formats includes '{fmt.name}': {why}")
+        emit.log(f".{fmt.name} skipped: {why}", "warning")
+        skipped[fmt.name] = why
+    exporter = _VariantExport(recipe, run, emit, variants, strict)
+    emit("start", total=len(variants), variants=list(variants), formats=[f.name for f in formats])
     results: dict[str, list[dict]] = {}
     checks: list[dict] = []
     for i, variant in enumerate(variants.values()):
         emit("progress", step=i, total=len(variants), variant=variant.name)
-        records, raw = exporter.export(variant, [f for f in formats if f not in skipped])
+        records, raw = exporter.export(variant, [f for f in formats if f.name not in skipped])
         records += [{"format": f, "path": None, "size_bytes": 0, "verified": None, "check": {}, "reason": why}
                     for f, why in skipped.items()]
         checks += raw
@@ -88,51 +100,18 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
     return results
 
 
-def _rebase(variant: Any, run: RunDir) -> Any:
-    """The variant with its paths inside this run directory (variant.json holds the paths of the run directory it
-    was made in; a copied or moved run keeps working)."""
-    folder = run.variant(variant.name)
-
-    def moved(p: Any) -> Any:
-        if p is None:
-            return None
-        here = folder / Path(p).name
-        return here if here.exists() else Path(p)
-
-    return dataclasses.replace(variant, path=folder, model_dir=moved(variant.model_dir), onnx=moved(variant.onnx))
-
-
-def executorch_available() -> bool:
-    """ExecuTorch (the optional extra) imports."""
-    try:
-        import executorch.exir  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class _VariantExport:
     """Exports one variant after another, sharing the eval samples of each reference model."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, emit: StageEmitter, ctx: Any, variants: dict[str, Any],
+    def __init__(self, recipe: Recipe, run: RunDir, emit: StageEmitter, variants: dict[str, Any],
                  strict: bool) -> None:
-        self.recipe, self.run, self.emit, self.ctx = recipe, run, emit, ctx
+        from toolkit.tasks import get_task
+
+        self.recipe, self.run, self.emit = recipe, run, emit
         self.variants, self.strict = variants, strict
-        self.task = recipe.task
+        self.task = get_task(recipe.task)
         self._samples: dict[Path, list[dict]] = {}
-
-    # -- references and samples ------------------------------------------------------------------------------
-
-    def reference(self, variant: Any) -> Path | None:
-        """The PyTorch model a variant's files are compared with: its own, else the nearest ancestor's."""
-        seen: set[str] = set()
-        v = variant
-        while v is not None and v.name not in seen:
-            seen.add(v.name)
-            if v.model_dir is not None and Path(v.model_dir).is_dir():
-                return Path(v.model_dir)
-            v = self.variants.get(v.parent) if v.parent else None
-        return None
+        self._splits: Any = None
 
     def samples(self, model_dir: Path) -> list[dict]:
         """Up to ``[export] verify_samples`` real examples (the eval split; else validation, else train), collated
@@ -140,7 +119,12 @@ class _VariantExport:
         if model_dir not in self._samples:
             import numpy as np
 
-            prepared = self.ctx.prepare(model_dir)
+            from toolkit.data import load_splits
+            from toolkit.tasks import prepare_folder
+
+            if self._splits is None:
+                self._splits = load_splits(self.recipe)
+            prepared = prepare_folder(self.recipe, self._splits, model_dir, self.run.train)
             items = list(prepared.eval_set or prepared.val_set or prepared.train_set)[: self.recipe.export.verify_samples]
             if not items:
                 raise UserError(f"{model_dir}: no examples to verify the exports on (the data splits are empty)")
@@ -151,102 +135,69 @@ class _VariantExport:
             self._samples[model_dir] = batches
         return self._samples[model_dir]
 
-    # -- one variant -----------------------------------------------------------------------------------------
-
-    def export(self, variant: Any, formats: list[str]) -> tuple[list[dict], list[dict]]:
+    def export(self, variant: Any, formats: list[Any]) -> tuple[list[dict], list[dict]]:
         """(export.json records, verify() results) for one variant."""
         from toolkit.export.bundle import copy_bundle_files
+        from toolkit.export.common import ExportJob
+        from toolkit.variants import nearest_model_dir
 
         folder = Path(variant.path)
-        ref = self.reference(variant)
-        own_onnx = variant.model_dir is None
+        ref = nearest_model_dir(variant, self.variants)
         if ref is not None:
-            if own_onnx:  # keep what the compression step copied; fill in what is missing
+            if not variant.has_pytorch:  # keep what the compression step copied; fill in what is missing
                 if not (folder / "labels.json").exists() and not (folder / "preprocess.json").exists():
                     copy_bundle_files(ref, folder)
             else:
                 copy_bundle_files(ref, folder)
+        # lossy: an ONNX Runtime / PT2E variant (INT8, FP16) is compared with the nearest ancestor's PyTorch outputs
+        lossy = not variant.has_pytorch
+        job = ExportJob(variant=variant, task=self.task, folder=folder, reference=ref, config=self.recipe.export,
+                        example=self._example(ref) if variant.has_pytorch else None)
         records: list[dict] = []
         raw: list[dict] = []
-        onnx_result = None
         for fmt in formats:
             try:
-                result, reference, lossy = self._make(variant, fmt, ref, onnx_result)
+                result = fmt.export(job)
             except Exception as exc:  # exporters raise many types; in a session one format must not stop the run
                 if self.strict:
                     raise
                 why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                records.append(_record(fmt, None, self.run, False, {}, reason=why if isinstance(exc, UserError)
+                records.append(_record(fmt.name, None, self.run, False, {}, reason=why if isinstance(exc, UserError)
                                        else f"{type(exc).__name__}: {why}"))
                 continue
             if isinstance(result, str):  # not applicable / not lowered: the reason
-                records.append(_record(fmt, None, self.run, None, {}, reason=result))
+                records.append(_record(fmt.name, None, self.run, None, {}, reason=result))
                 if "did not lower" in result or "not traced" in result:
-                    self.emit.log(f"{variant.name}: {fmt}: {result}", "warning")
+                    self.emit.log(f"{variant.name}: {fmt.name}: {result}", "warning")
                 continue
-            if fmt == "onnx":
-                onnx_result = result
-            checks = self._verify(result, reference, lossy, variant)
+            job.done[fmt.name] = result
+            checks = self._verify(result, ref, lossy)
             raw += checks
             by_file = {Path(c["file"]).name: c for c in checks}
             for path in result.files:
                 c = by_file.get(path.name)
                 extra = {"exporter": result.exporter}
-                if fmt == "ort" and path.name in result.extra.get("required_operators", {}):
+                if path.name in result.extra.get("required_operators", {}):
                     extra["required_operators"] = _rel(result.extra["required_operators"][path.name], self.run)
-                if fmt == "onnx" and result.opset:
+                if fmt.name == "onnx" and result.opset:
                     extra["opset"] = result.opset
                 if c is None:
-                    records.append(_record(fmt, path, self.run, None, {}, reason="no PyTorch model to compare with",
-                                           **extra))
+                    records.append(_record(fmt.name, path, self.run, None, {},
+                                           reason="no PyTorch model to compare with", **extra))
                 else:
                     check = {k: v for k, v in c.items() if k not in ("format", "file", "verified", "reason")}
-                    records.append(_record(fmt, path, self.run, c["verified"], check, reason=c.get("reason"),
+                    records.append(_record(fmt.name, path, self.run, c["verified"], check, reason=c.get("reason"),
                                            **extra))
+        onnx_result = job.done.get("onnx")
         if onnx_result is not None and variant.onnx is None and onnx_result.files:
             # the eval stage and the report find the variant's graph here
             dataclasses.replace(variant, onnx=onnx_result.files[0]).save()
         return records, raw
 
-    def _make(self, variant: Any, fmt: str, ref: Path | None, onnx_result: Any) -> tuple[Any, Path | None, bool]:
-        """(ExportResult or a reason string, reference model dir, lossy)."""
-        from toolkit.export.executorch import export_pte
-        from toolkit.export.onnx import export_onnx
-        from toolkit.export.torchscript import export_torchscript
-
-        folder, task, cfg = Path(variant.path), self.task, self.recipe.export
-        if variant.model_dir is None:  # an ONNX Runtime / PT2E variant: lossy against the ancestor's PyTorch
-            if fmt == "onnx":
-                found = existing_onnx(variant, task)
-                return (found or f"{variant.name} has no ONNX graph (made by {variant.method})"), ref, True
-            if fmt == "ort":
-                if onnx_result is None:
-                    return f"{variant.name} has no ONNX graph to convert", ref, True
-                return _ort(onnx_result), ref, True
-            if fmt == "pte":
-                pte = folder / "model.pte"
-                return (existing_pte(pte, task) if pte.is_file() else
-                        f"no PyTorch model to lower ({variant.method} made an ONNX Runtime graph)"), ref, True
-            return f"no PyTorch model to trace ({variant.method} made an ONNX Runtime graph)", ref, True
-        model_dir = Path(variant.model_dir)
-        lossy = variant.method in ("fp16",)
-        if fmt == "onnx":
-            return export_onnx(model_dir, folder, task, opset=cfg.opset, example_inputs=self._example(model_dir)), \
-                model_dir, lossy
-        if fmt == "ort":
-            if onnx_result is None:
-                return "the ONNX export failed, so there is nothing to convert", model_dir, lossy
-            return _ort(onnx_result), model_dir, lossy
-        if fmt == "pte":
-            r = export_pte(model_dir, folder, task, example_inputs=self._example(model_dir))
-            return (r if r.lowered else f"did not lower to ExecuTorch: {r.reason}"), model_dir, lossy
-        r = export_torchscript(model_dir, folder, task, example_inputs=self._example(model_dir))
-        return (r if r.lowered else f"not traced: {r.reason}"), model_dir, lossy
-
-    def _example(self, model_dir: Path) -> dict | None:
-        """Example inputs for torch.onnx / torch.export / tracing: two real images (the CNN's config does not
-        name its input size the way HF vision configs do); text models use the exporters' defaults."""
-        if self.task != "image-classification":
+    def _example(self, model_dir: Path | None) -> dict | None:
+        """Example inputs for torch.onnx / torch.export / tracing: two real images (image models' configs do not
+        all name their input size the same way); text models use the exporters' defaults."""
+        if model_dir is None or not self.task.data.images:
             return None
         import torch
 
@@ -254,7 +205,7 @@ class _VariantExport:
         rows = first if len(first) >= 2 else first.repeat(2, axis=0)
         return {"pixel_values": torch.as_tensor(rows[:2]).float()}
 
-    def _verify(self, result: Any, reference: Path | None, lossy: bool, variant: Any) -> list[dict]:
+    def _verify(self, result: Any, reference: Path | None, lossy: bool) -> list[dict]:
         from toolkit.export.verify import verify
 
         if reference is None:
@@ -268,61 +219,6 @@ class _VariantExport:
                 raise
             return [{"format": result.format, "file": str(p), "verified": False, "error": str(exc)}
                     for p in result.files]
-
-
-def _ort(onnx_result: Any) -> Any:
-    import logging
-
-    import onnxruntime.tools.ort_format_model.utils  # noqa: F401  (creates the logger quieted below)
-
-    from toolkit.export.ort import export_ort
-
-    # the converter's config helper logs each file it writes at INFO on its own handler: keep the console quiet
-    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
-    return export_ort(onnx_result)
-
-
-def existing_onnx(variant: Any, task: str):
-    """An ExportResult for the ONNX graph(s) a compression step wrote (seq2seq: encoder + decoder), or None."""
-    from toolkit.eval.onnx_eval import graph_files
-    from toolkit.export.onnx import _result
-
-    graphs = graph_files(Path(variant.path), task, variant.onnx)
-    files = [graphs[k] for k in ("model", "encoder", "decoder") if k in graphs]
-    if not files:
-        return None
-    result = _result(files, f"compress stage ({variant.method}: {variant.info.get('scheme', variant.method)})", task)
-    for path in files:  # quantized graphs may carry a suffix; give each its role by what it is
-        role = "encoder" if path.name.startswith("encoder") else ("decoder" if path.name.startswith("decoder")
-                                                                   else "model")
-        result.graphs[path.name]["role"] = role
-    return result
-
-
-def existing_pte(path: Path, task: str):
-    """An ExportResult for a .pte a PT2E step wrote: inputs named in the exporter's order (input_ids,
-    attention_mask / pixel_values), dtypes and sizes from the program, dynamic where the program says so."""
-    from toolkit.eval.backends_executorch import _dynamic_inputs
-    from toolkit.export.common import ExportResult
-    from toolkit.export.executorch import load_method
-
-    md = load_method(path).metadata
-    n = md.num_inputs()
-    names = (["pixel_values"] if task == "image-classification" else
-             ["input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"])[:n]
-    dynamic = _dynamic_inputs(path, n)
-    inputs = []
-    for i, name in enumerate(names):
-        meta = md.input_tensor_meta(i)
-        shape: list[int | str] = [int(d) for d in meta.sizes()]
-        if dynamic[i]:
-            shape[0] = "batch_size"
-            if len(shape) == 2:
-                shape[1] = "sequence_length"
-        inputs.append({"name": name, "shape": shape, "dtype": {4: "int64", 6: "float32"}.get(meta.dtype(), "float32")})
-    return ExportResult(format="pte", files=[path], exporter="compress stage (PT2E)", task=task, inputs=inputs,
-                        outputs=["logits"], graphs={path.name: {"role": "model", "inputs": inputs,
-                                                                "outputs": ["logits"]}})
 
 
 # --- records -------------------------------------------------------------------------------------------------

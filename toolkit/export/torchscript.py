@@ -10,14 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from toolkit.export.common import (
-    ExportResult, Logits, as_tensors, check_task, default_inputs, failed, load_model,
-)
+from toolkit.export.common import ExportJob, ExportResult, FileRunner, Format, failed, load_model
+from toolkit.registry import FORMATS
 
 
-def export_torchscript(model_dir_or_module: str | Path | torch.nn.Module, out_dir: Path, task: str,
+def export_torchscript(model_dir_or_module: Any, out_dir: Path, task: Any,
                        example_inputs: dict[str, Any] | None = None, filename: str = "model.ts") -> ExportResult:
     """Trace the model to ``out_dir/filename`` and check the traced module reproduces the eager outputs.
 
@@ -27,11 +24,16 @@ def export_torchscript(model_dir_or_module: str | Path | torch.nn.Module, out_di
     Raises:
         UserError: unknown task or a path that is not a model directory.
     """
-    check_task(task)
+    import torch
+
+    from toolkit.export.logits import Logits, as_tensors
+    from toolkit.tasks import as_task
+
+    task = as_task(task)
     exporter = f"torch.jit {torch.__version__}"
     module = load_model(model_dir_or_module, task)
-    inputs = as_tensors(example_inputs) if example_inputs else default_inputs(module, task)
-    wrapper = Logits(module, list(inputs), task)
+    inputs = as_tensors(example_inputs) if example_inputs else task.dummy_inputs(module, 2, 8)
+    wrapper = Logits(module, list(inputs), task.causal)
     args = tuple(inputs.values())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,12 +51,36 @@ def export_torchscript(model_dir_or_module: str | Path | torch.nn.Module, out_di
     except Exception as exc:  # the tracer raises many types (RuntimeError, TracingCheckError, KeyError ...)
         if path.exists():
             path.unlink()
-        result = failed("torchscript", task, exporter, exc)
+        result = failed("torchscript", task.name, exporter, exc)
         result.reason = f"torch.jit.trace: {result.reason}"
         return result
     signature = [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                  for k, v in inputs.items()]
-    return ExportResult(format="torchscript", files=[path], exporter=exporter, task=task, inputs=signature,
+    return ExportResult(format="torchscript", files=[path], exporter=exporter, task=task.name, inputs=signature,
                         outputs=["logits"], graphs={path.name: {"role": "model", "inputs": signature,
                                                                 "outputs": ["logits"]}},
                         extra={"traced_with": {k: list(v.shape) for k, v in inputs.items()}})
+
+
+def _export(job: ExportJob) -> ExportResult | str:
+    if not job.variant.has_pytorch:
+        return f"no PyTorch model to trace ({job.variant.method} made an ONNX Runtime graph)"
+    r = export_torchscript(job.variant.model_dir, job.folder, job.task, example_inputs=job.example)
+    return r if r.lowered else f"not traced: {r.reason}"
+
+
+def _runners(result: ExportResult) -> list:
+    import torch
+
+    module = torch.jit.load(str(result.files[0]))
+    names = [i["name"] for i in result.inputs]
+
+    @torch.no_grad()
+    def run(b: dict) -> Any:
+        return module(*[b[n] for n in names]).float().numpy()
+
+    return [(result.files[0], "model", f"torch.jit {torch.__version__}", FileRunner(run, names))]
+
+
+FORMATS.register("torchscript", Format("torchscript", ".ts", "torch", _export, _runners, order=3,
+                                       best_effort_when_generating=True))

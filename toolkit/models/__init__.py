@@ -3,7 +3,7 @@
 Importing this package registers the CNN (``model_type = "edge-cnn"``) with transformers' Auto classes, so
 ``AutoModelForImageClassification.from_pretrained`` loads its folders.
 """
-from toolkit.models.builtin import (BUILTINS, DEFAULT_FOR_TASK, Builtin, ModelSource, bart_tiny, bert_tiny,
+from toolkit.models.builtin import (BUILTINS, Builtin, ModelSource, bart_tiny, bert_tiny,
                                     cnn_small, cnn_widths, gpt2_tiny, resolve_source)
 from toolkit.models.cnn import (EdgeCNNConfig, EdgeCNNForImageClassification, param_count_formula,
                                 register_auto_classes)
@@ -12,7 +12,7 @@ from toolkit.models.pretrained import (apply_dropout, check_model_dir, load_mode
 from toolkit.models.tokenizer import cached_tokenizer, texts_fingerprint, train_tokenizer
 
 __all__ = [
-    "BUILTINS", "DEFAULT_FOR_TASK", "Builtin", "ModelSource", "resolve_source", "bert_tiny", "gpt2_tiny",
+    "BUILTINS", "Builtin", "ModelSource", "resolve_source", "bert_tiny", "gpt2_tiny",
     "bart_tiny", "cnn_small", "cnn_widths", "EdgeCNNConfig", "EdgeCNNForImageClassification",
     "param_count_formula", "register_auto_classes", "check_model_dir", "load_model", "load_tokenizer",
     "read_labels", "read_preprocess", "apply_dropout", "cached_tokenizer", "texts_fingerprint",

@@ -15,7 +15,6 @@ from toolkit.errors import UserError, did_you_mean
 @dataclass(frozen=True)
 class Builtin:
     name: str
-    task: str
     tokenizer: str | None
     """tokenizer kind trained for it (toolkit.models.tokenizer.KINDS), None for images"""
     hidden: int
@@ -23,13 +22,13 @@ class Builtin:
 
 
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
-    Builtin("bert-tiny", "text-classification", "bert", hidden=128, layers=2),
-    Builtin("gpt2-tiny", "language-modeling", "gpt2", hidden=128, layers=2),
-    Builtin("bart-tiny", "seq2seq", "bart", hidden=128, layers=2),
+    Builtin("bert-tiny", "bert", hidden=128, layers=2),
+    Builtin("gpt2-tiny", "gpt2", hidden=128, layers=2),
+    Builtin("bart-tiny", "bart", hidden=128, layers=2),
     # cnn-small: hidden is the last block's width, layers the number of depthwise-separable blocks.
-    Builtin("cnn-small", "image-classification", None, hidden=64, layers=2),
+    Builtin("cnn-small", None, hidden=64, layers=2),
 )}
-DEFAULT_FOR_TASK = {b.task: b.name for b in BUILTINS.values()}
+"""the built-in models; which task each serves is the task's to say (``Task.builtins``)"""
 # Positions are at least this, so a latency run at the usual seq_len fits even with a short max_length.
 MIN_POSITIONS = 128
 
@@ -54,16 +53,20 @@ def resolve_source(recipe: Recipe) -> ModelSource:
     Raises:
         UserError: an unknown built-in, a built-in of another task, or an .onnx file.
     """
+    from toolkit.registry import TASKS
+
+    fitting = TASKS.get(recipe.task, "task").builtins
     src = recipe.model.source.strip()
     if not src:
-        return ModelSource("builtin", DEFAULT_FOR_TASK[recipe.task])
+        return ModelSource("builtin", fitting[0])
     if src.startswith("builtin:"):
         name = src.split(":", 1)[1]
         if name not in BUILTINS:
             raise UserError(f"model.source = '{src}': no such built-in model{did_you_mean(name, list(BUILTINS))}")
-        if BUILTINS[name].task != recipe.task:
-            raise UserError(f"model.source = '{src}' is a {BUILTINS[name].task} model; for task '{recipe.task}' "
-                            f"use builtin:{DEFAULT_FOR_TASK[recipe.task]} or a folder")
+        if name not in fitting:
+            serves = next((t for t, task in TASKS.items() if name in task.builtins), "another task")
+            raise UserError(f"model.source = '{src}' is a {serves} model; for task '{recipe.task}' "
+                            f"use builtin:{fitting[0]} or a folder")
         return ModelSource("builtin", name)
     path = recipe.resolve_path(src)
     if path.suffix.lower() == ".onnx":

@@ -1,32 +1,29 @@
-"""The task registry: one module per task, each registered under the recipe's ``task`` name.
+"""Tasks: one module per task, each registered under the recipe's ``task`` name. A task owns everything that differs
+by task (see ``base.Task``): data fields, the model class, metrics and the main metric, export inputs, token masks.
 
     from toolkit.tasks import get_task
     task = get_task(recipe.task)
     prepared = task.prepare(recipe, splits, work_dir)
 
-Importing this package is cheap: transformers is imported only when a task prepares or loads a model.
+Importing this package is cheap: torch and transformers are imported when a task prepares or loads a model.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
-from toolkit.errors import UserError, did_you_mean
-from toolkit.tasks.base import Prepared, Task
-
-TASKS: dict[str, Task] = {}
-"""task name -> task instance; the registry is the only list of tasks"""
+from toolkit.registry import TASKS
+from toolkit.tasks.base import Bundled, DataSpec, MainMetric, Prepared, Task
 
 T = TypeVar("T")
 
 
 def register(name: str) -> Callable[[type[T]], type[T]]:
-    """Class decorator: ``@register("text-classification")`` sets ``cls.name`` and adds an instance to TASKS."""
+    """Class decorator: ``@register("text-classification")`` sets ``cls.name`` and registers an instance."""
 
     def deco(cls: type[T]) -> type[T]:
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is registered twice")
         cls.name = name  # type: ignore[attr-defined]
-        TASKS[name] = cls()  # type: ignore[assignment]
+        TASKS.add(name, cls())
         return cls
 
     return deco
@@ -34,13 +31,21 @@ def register(name: str) -> Callable[[type[T]], type[T]]:
 
 def get_task(name: str) -> Task:
     """The registered task called ``name``. Raises UserError naming the valid tasks."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UserError(f"task = '{name}' is not a task{did_you_mean(name, sorted(TASKS))}") from None
+    return TASKS.get(name, "task")
 
 
-# Importing the modules registers them (after register() exists, to avoid an import cycle).
-from toolkit.tasks import image_classification, language_modeling, seq2seq, text_classification  # noqa: E402,F401
+def as_task(task: "Task | str") -> Task:
+    """A Task given as itself or by name (library functions take either)."""
+    return get_task(task) if isinstance(task, str) else task
 
-__all__ = ["TASKS", "Prepared", "Task", "get_task", "register"]
+
+def prepare_folder(recipe: Any, splits: Any, model_dir: Path, work_dir: Path) -> Prepared:
+    """The recipe's task prepared for a saved model folder: the model loaded, ``splits`` encoded with its
+    tokenizer (what compression and export verification run on)."""
+    import dataclasses
+
+    model_cfg = dataclasses.replace(recipe.model, source=str(model_dir))
+    return get_task(recipe.task).prepare(dataclasses.replace(recipe, model=model_cfg), splits, work_dir)
+
+
+__all__ = ["TASKS", "Bundled", "DataSpec", "MainMetric", "Prepared", "Task", "as_task", "get_task", "prepare_folder", "register"]

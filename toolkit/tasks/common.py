@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from toolkit.errors import UserError
+from toolkit.tasks.base import MainMetric
 
 PREPROCESS_SCHEMA = 1
 PAD_MULTIPLE = 8
@@ -204,3 +205,145 @@ def base_info(model: torch.nn.Module, source: Any) -> dict[str, Any]:
     return {"model_class": type(model).__name__, "params": count_params(model),
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "source": str(source)}
+
+
+# ---- what the stages ask of a task, shared by the tasks ----------------------------------------------------
+
+def accuracy_from_logits(pairs: Sequence[tuple[Any, dict[str, Any]]]) -> dict[str, float]:
+    """{"accuracy", "examples"} from (logits (B, K), batch with "labels") pairs."""
+    import numpy as np
+
+    correct = total = 0
+    for logits, batch in pairs:
+        labels = np.asarray(batch["labels"])
+        correct += int((np.asarray(logits).argmax(-1) == labels).sum())
+        total += len(labels)
+    return {"accuracy": correct / total if total else math.nan, "examples": total}
+
+
+def tokens_from_logits(pairs: Sequence[tuple[Any, dict[str, Any]]], shifted: bool) -> dict[str, float]:
+    """{"loss", "perplexity", "tokens"}: token-weighted cross-entropy over the labels that are not -100.
+
+    ``shifted``: a causal LM predicts token t + 1 at position t."""
+    import numpy as np
+
+    loss_sum = tokens = 0.0
+    for logits, batch in pairs:
+        logits, labels = np.asarray(logits), np.asarray(batch["labels"])
+        if shifted:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        valid = labels != -100
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        picked = np.take_along_axis(logp, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+        loss_sum += float(-(picked * valid).sum())
+        tokens += float(valid.sum())
+    loss = loss_sum / tokens if tokens else math.nan
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan, "tokens": int(tokens)}
+
+
+class Classifier:
+    """What every classification task says the same way (text and image classification share it)."""
+
+    main_metric = MainMetric("accuracy", True, "absolute")
+    secondary_metric = "f1_macro"
+    metric_names = ("accuracy", "f1", "f1_macro", "auc_roc", "confusion_matrix")
+    quality = "classification"
+    classifies = True
+    kv_cache = False
+    graphs = ("model",)
+    causal = False
+
+    def token_mask(self, batch: dict[str, Any], length: int) -> None:
+        return None
+
+    def metric_from_logits(self, pairs: Sequence[tuple[Any, dict[str, Any]]]) -> dict[str, float]:
+        return accuracy_from_logits(pairs)
+
+
+def dummy_text(model: Any, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """Token ids below the model's vocabulary and an all-ones mask: an encoder's or a decoder's example."""
+    ids = token_ids(model, batch, seq_len)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def token_ids(model: Any, batch: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """(batch, seq_len) token ids below the model's vocabulary size, clear of the usual special ids."""
+    from toolkit.errors import UserError
+
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is None:
+        raise UserError(f"export: {type(model).__name__} has no config.vocab_size; pass example_inputs")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(min(4, vocab - 1), vocab, (batch, seq_len), generator=gen)
+
+
+def text_reference(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask (all ones where absent) and token_type_ids when given, as (B, T) int64."""
+    from toolkit.errors import UserError
+
+    batch = {k: v[None] if v.dim() == 1 else v for k, v in batch.items()}
+    if "input_ids" not in batch:
+        raise UserError(f"verify: a text sample needs input_ids (got {sorted(batch)})")
+    out = {"input_ids": batch["input_ids"].long(),
+           "attention_mask": batch.get("attention_mask", torch.ones_like(batch["input_ids"])).long()}
+    if "token_type_ids" in batch:
+        out["token_type_ids"] = batch["token_type_ids"].long()
+    return out
+
+
+def text_rows(rows: Sequence[Sequence[int]], n: int, seq_len: int, pad_id: int) -> dict[str, Any]:
+    """Token rows laid into (n, seq_len) ids and mask: cut to seq_len, right-padded, repeated when fewer than n."""
+    import numpy as np
+
+    rows = [list(r) for r in rows]
+    if not rows:
+        rows = [[pad_id]]
+    while len(rows) < n:  # fewer texts than one batch: repeat them
+        rows = rows + rows[: n - len(rows)]
+    ids = np.full((n, seq_len), pad_id, dtype=np.int64)
+    mask = np.zeros((n, seq_len), dtype=np.int64)
+    for i, r in enumerate(rows[:n]):
+        r = r[:seq_len]
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def tokenized_rows(tokenizer: Any, texts: Sequence[str], n: int, seq_len: int, pad_id: int) -> dict[str, Any]:
+    rows = tokenizer(list(texts[:n]), truncation=True, max_length=seq_len, return_token_type_ids=False,
+                     return_attention_mask=False)["input_ids"]
+    return text_rows(rows, n, seq_len, pad_id)
+
+
+def bundle_tokenizer(folder: Path | None, max_length: int) -> tuple[Any, int, dict[str, Any]]:
+    """(tokenizer, pad id, preprocess.json) of the files beside an ONNX graph.
+
+    Raises:
+        UserError: no tokenizer files there.
+    """
+    from toolkit.errors import UserError
+    from toolkit.models.pretrained import load_tokenizer, read_preprocess
+
+    if folder is None:
+        raise UserError("an ONNX text model without a PyTorch ancestor needs its tokenizer: put tokenizer.json "
+                        "(and preprocess.json, labels.json) beside the .onnx model source")
+    preprocess = read_preprocess(folder) or {}
+    tokenizer = load_tokenizer(folder)
+    pad_id = preprocess.get("pad_token_id", tokenizer.pad_token_id)
+    preprocess = {**preprocess, "max_length": int(preprocess.get("max_length") or max_length),
+                  "pad_token_id": 0 if pad_id is None else int(pad_id)}
+    return tokenizer, preprocess["pad_token_id"], preprocess
+
+
+def bundle_labels(folder: Path | None, preprocess: dict[str, Any], split_labels: list[str]) -> list[str]:
+    """Class names of an ONNX classifier: preprocess.json's, else labels.json, else the data's."""
+    from toolkit.models.pretrained import read_labels
+
+    saved = read_labels(folder) if folder is not None else None
+    return list(preprocess.get("labels") or saved or split_labels)
+
+
+def label_collate(items: list[dict[str, Any]], key: str, stack: Callable[[list[Any]], Any]) -> dict[str, Any]:
+    return {key: stack([it[key] for it in items]),
+            "labels": torch.tensor([it["labels"] for it in items], dtype=torch.long)}

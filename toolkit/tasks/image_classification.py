@@ -12,13 +12,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from toolkit.config import Recipe
+from toolkit.config import DataConfig, Recipe
 from toolkit.data.types import Splits
 from toolkit.errors import UserError
 from toolkit.tasks import register
-from toolkit.tasks.base import Prepared
-from toolkit.tasks.common import (base_info, check_saved_task, class_labels, evaluate_classification, label_ids,
-                                  predict_classification, reconcile_labels, seeded, write_metadata)
+from toolkit.tasks.base import Bundled, DataSpec, Prepared
+from toolkit.tasks.common import (Classifier, base_info, bundle_labels, check_saved_task, class_labels,
+                                  evaluate_classification, label_ids, predict_classification, reconcile_labels,
+                                  seeded, write_metadata)
 
 
 def image_shape(img: Any) -> tuple[int, int, int]:
@@ -50,8 +51,52 @@ def scale_description(splits: Splits) -> str:
 
 
 @register("image-classification")
-class ImageClassification:
+class ImageClassification(Classifier):
     name: str
+    data = DataSpec(images=True, labels=True)
+    builtins = ("cnn-small",)
+    auto_class = "AutoModelForImageClassification"
+    optimum_task = "image-classification"
+
+    def fields(self, data: DataConfig) -> dict[str, tuple[str, str]]:
+        return {}
+
+    def dummy_inputs(self, model: Any, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+        cfg = getattr(model, "config", None)
+        channels = getattr(cfg, "num_channels", None) or getattr(cfg, "in_channels", None)
+        size = getattr(cfg, "image_size", None)
+        if channels is None or size is None:
+            raise UserError("export: the image model's config has no num_channels/image_size; pass example_inputs "
+                            "= {'pixel_values': tensor of shape (B, C, H, W)}")
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return {"pixel_values": torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(0))}
+
+    def reference_batch(self, batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+        x = batch["pixel_values"].float()
+        return {"pixel_values": x[None] if x.dim() == 3 else x}
+
+    def latency_samples(self, tokenizer: Any, examples: list[dict[str, Any]], n: int, seq_len: int,
+                        pad_id: int) -> dict[str, Any]:
+        imgs = [to_chw(examples[i % len(examples)]["image"]).numpy() for i in range(n)]
+        return {"pixel_values": np.stack(imgs).astype(np.float32)}
+
+    def encode_bundle(self, folder: Path | None, max_length: int, labels: list[str],
+                      splits: dict[str, Sequence[dict[str, Any]]]) -> Bundled:
+        from toolkit.models.pretrained import read_preprocess
+
+        preprocess = (read_preprocess(folder) if folder is not None else None) or {}
+        labels = bundle_labels(folder, preprocess, labels)
+        label2id = {n: i for i, n in enumerate(labels)}
+
+        def encode(examples: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+            ys = label_ids(examples, label2id, split)
+            return [{"pixel_values": to_chw(ex["image"]), "labels": y} for ex, y in zip(examples, ys)]
+
+        def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+            return {"pixel_values": torch.stack([it["pixel_values"] for it in items]),  # (B, C, H, W)
+                    "labels": torch.tensor([it["labels"] for it in items], dtype=torch.long)}
+
+        return Bundled({k: encode(v, k) for k, v in splits.items()}, collate, labels, None, preprocess)
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
         from toolkit.models import cnn_small, load_model, read_labels, resolve_source
@@ -85,7 +130,7 @@ class ImageClassification:
             labels, order = reconcile_labels(labels, read_labels(src.path, config), notes)
             with seeded(recipe.seed):
                 model, loading = load_model(
-                    src.path, "AutoModelForImageClassification", "an image-classification",
+                    src.path, self.auto_class, "an image-classification",
                     config_updates={"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                                     "label2id": {n: i for i, n in enumerate(labels)}},
                     dropout=recipe.train.dropout, ignore_mismatched_sizes=True)
@@ -144,5 +189,5 @@ class ImageClassification:
     def load(self, model_dir: Path) -> torch.nn.Module:
         from toolkit.models import load_model
 
-        model, _ = load_model(Path(model_dir), "AutoModelForImageClassification", "an image-classification")
+        model, _ = load_model(Path(model_dir), self.auto_class, "an image-classification")
         return model

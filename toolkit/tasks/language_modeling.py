@@ -13,12 +13,13 @@ from typing import Any, Sequence
 
 import torch
 
-from toolkit.config import Recipe
+from toolkit.config import DataConfig, Recipe
 from toolkit.data.types import Splits
 from toolkit.tasks import register
-from toolkit.tasks.base import Prepared
-from toolkit.tasks.common import (base_info, check_saved_task, ensure_pad, evaluate_tokens, fit_max_length,
-                                  pad_with_mask, seeded, write_metadata)
+from toolkit.tasks.base import Bundled, DataSpec, MainMetric, Prepared
+from toolkit.tasks.common import (base_info, bundle_tokenizer, check_saved_task, dummy_text, ensure_pad,
+                                  evaluate_tokens, fit_max_length, pad_with_mask, seeded, text_reference, text_rows,
+                                  tokens_from_logits, write_metadata)
 
 
 def group_texts(token_lists: Sequence[Sequence[int]], eos_id: int | None, block: int) -> list[list[int]]:
@@ -33,9 +34,85 @@ def group_texts(token_lists: Sequence[Sequence[int]], eos_id: int | None, block:
     return [b for b in blocks if len(b) >= 2]
 
 
+def lm_stream(tokenizer: Any, texts: Sequence[str]) -> tuple[list[int], int | None]:
+    """The texts as one token stream laid out as this task trains on them: each text tokenised without special
+    tokens and followed by EOS (not HF's "\\n\\n" join, whose newlines a model trained on lines has never seen).
+    Returns (ids, eos id)."""
+    eos = eos_of(tokenizer)
+    ids: list[int] = []
+    # verbose=False: a long text is no error here (HF would warn that it exceeds model_max_length)
+    for row in tokenizer(list(texts), add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]:
+        ids.extend(row)
+        if eos is not None:
+            ids.append(int(eos))
+    return ids, eos
+
+
+def lm_codec(tokenizer: Any, eos_id: int | None, block: int, pad_id: int) -> tuple[Any, Any]:
+    """(encode(examples) -> blocks of ``block`` tokens, collate(items) -> batch with labels = inputs)."""
+
+    def encode(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not examples:
+            return []
+        ids = tokenizer([str(ex["text"]) for ex in examples], add_special_tokens=False,
+                        return_attention_mask=False, verbose=False)["input_ids"]
+        return [{"input_ids": b} for b in group_texts(ids, eos_id, block)]
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, mask = pad_with_mask([it["input_ids"] for it in items], pad_id, cap=block)  # (B, T)
+        # pad == eos for GPT-2, so padding is found by the mask, not by the token id
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
+
+    return encode, collate
+
+
+def eos_of(tokenizer: Any) -> int | None:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
 @register("language-modeling")
 class LanguageModeling:
     name: str
+    data = DataSpec(text_files=True, contiguous=True, text_keys=("text",))
+    builtins = ("gpt2-tiny",)
+    auto_class = "AutoModelForCausalLM"
+    main_metric = MainMetric("perplexity", False, "relative")
+    secondary_metric = None
+    metric_names = ("perplexity", "bleu", "chrf", "rouge", "rouge1", "rouge2", "rougeL", "rougeLsum")
+    quality = "perplexity"
+    classifies = False
+    kv_cache = True
+    graphs = ("model",)
+    optimum_task = "text-generation-with-past"
+    causal = True
+
+    def fields(self, data: DataConfig) -> dict[str, tuple[str, str]]:
+        return {"text": (data.text_column, "data.text_column")}
+
+    def token_mask(self, batch: dict[str, Any], length: int) -> torch.Tensor:
+        return batch["attention_mask"].float()[:, :length]
+
+    def metric_from_logits(self, pairs: Sequence[tuple[Any, dict[str, Any]]]) -> dict[str, float]:
+        return tokens_from_logits(pairs, shifted=True)
+
+    def dummy_inputs(self, model: Any, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+        return dummy_text(model, batch, seq_len)
+
+    def reference_batch(self, batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+        return text_reference(batch)
+
+    def latency_samples(self, tokenizer: Any, examples: list[dict[str, Any]], n: int, seq_len: int,
+                        pad_id: int) -> dict[str, Any]:
+        """Full windows of the eval text stream (real tokens, no padding)."""
+        stream, _ = lm_stream(tokenizer, [str(ex["text"]) for ex in examples])
+        rows = [stream[i:i + seq_len] for i in range(0, max(len(stream) - seq_len + 1, 1), seq_len)][:n]
+        return text_rows(rows, n, seq_len, pad_id)
+
+    def encode_bundle(self, folder: Path | None, max_length: int, labels: list[str],
+                      splits: dict[str, Sequence[dict[str, Any]]]) -> Bundled:
+        tokenizer, pad_id, preprocess = bundle_tokenizer(folder, max_length)
+        encode, collate = lm_codec(tokenizer, eos_of(tokenizer), preprocess["max_length"], pad_id)
+        return Bundled({k: encode(v) for k, v in splits.items()}, collate, [], tokenizer, preprocess)
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
         from toolkit.models import cached_tokenizer, gpt2_tiny, load_model, load_tokenizer, resolve_source
@@ -54,24 +131,13 @@ class LanguageModeling:
             check_saved_task(src.path, self.name, read_preprocess(src.path))
             tokenizer = load_tokenizer(src.path)
             with seeded(recipe.seed):
-                model, loading = load_model(src.path, "AutoModelForCausalLM", "a causal language-modelling",
+                model, loading = load_model(src.path, self.auto_class, "a causal language-modelling",
                                             dropout=recipe.train.dropout)
             info.update(tokenizer="pretrained", **loading)
         pad_id = ensure_pad(tokenizer, model.config)
-        eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        eos_id = eos_of(tokenizer)
         block = fit_max_length(recipe, model.config, notes)
-
-        def encode(examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-            if not examples:
-                return []
-            ids = tokenizer([str(ex["text"]) for ex in examples], add_special_tokens=False,
-                            return_attention_mask=False, verbose=False)["input_ids"]
-            return [{"input_ids": b} for b in group_texts(ids, eos_id, block)]
-
-        def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            input_ids, mask = pad_with_mask([it["input_ids"] for it in items], pad_id, cap=block)  # (B, T)
-            # pad == eos for GPT-2, so padding is found by the mask, not by the token id
-            return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
+        encode, collate = lm_codec(tokenizer, eos_id, block, pad_id)
 
         preprocess = {"task": self.name, "max_length": block, "block_size": block, "tokenizer": "tokenizer.json",
                       "input_names": ["input_ids", "attention_mask"], "eos_token_id": eos_id, "pad_token_id": pad_id}
@@ -99,6 +165,6 @@ class LanguageModeling:
     def load(self, model_dir: Path) -> torch.nn.Module:
         from toolkit.models import load_model
 
-        model, _ = load_model(Path(model_dir), "AutoModelForCausalLM", "a causal language-modelling",
+        model, _ = load_model(Path(model_dir), self.auto_class, "a causal language-modelling",
                               attn_implementation="eager")
         return model

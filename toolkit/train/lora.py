@@ -20,7 +20,6 @@ from toolkit.config import Recipe
 from toolkit.errors import CheckFailed, UserError
 
 HEADS = ("classifier", "score")          # classification heads, trained in full beside the adapters
-CLASSIFICATION = ("text-classification", "image-classification")
 MERGE_RTOL = 1e-4                        # merged vs adapter outputs: |Δ| <= MERGE_RTOL * max(1, max |output|)
 
 
@@ -73,13 +72,6 @@ class LoraSetup:
         return {**asdict(self), "trainable_fraction": self.trainable_fraction}
 
 
-def default_targets(model_type: str | None) -> list[str]:
-    """peft's own per-architecture defaults (BERT query/value, GPT-2 c_attn, BART q_proj/v_proj, ...)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-
-    return list(DEFAULTS.get(model_type or "", []))
-
-
 def base_reference(recipe: Recipe, model: torch.nn.Module) -> dict[str, str]:
     """The frozen base the adapters belong to: a model folder's path and sha256 (of its files), or for a
     built-in the name and the sha256 of its seeded initial weights."""
@@ -103,30 +95,37 @@ def apply_lora(recipe: Recipe, model: torch.nn.Module) -> tuple[torch.nn.Module,
             target/saved module matches nothing in the model.
     """
     peft = _peft()
+    from toolkit.arch import adapter_for
+    from toolkit.arch.base import is_conv1d
+    from toolkit.tasks import get_task
     from toolkit.tasks.common import seeded
 
     cfg, file = recipe.train.lora, recipe.source_path or "the recipe"
     base = base_reference(recipe, model)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = [n for n, _ in model.named_modules() if n]
-    targets = list(cfg.target_modules) or default_targets(model_type)
+    try:
+        adapter = adapter_for(model)
+    except UserError:
+        adapter = None
+    family = adapter.family(model) if adapter is not None else type(model).__name__
+    targets = list(cfg.target_modules) or (adapter.lora_targets(model) if adapter is not None else [])
     if not targets:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(f"{file}: train.lora.target_modules: no default for model type '{model_type}'; name the "
+        raise UserError(f"{file}: train.lora.target_modules: no default for '{family}' models; name the "
                         f"layers to adapt, e.g. {', '.join(linear[:8])}")
-    heads = [h for h in HEADS if hasattr(model, h)] if recipe.task in CLASSIFICATION else []
+    heads = [h for h in HEADS if hasattr(model, h)] if get_task(recipe.task).classifies else []
     to_save = list(cfg.modules_to_save) or heads
     layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding))
-                     or type(m).__name__ == "Conv1D"})  # GPT-2's linear layers
+                     if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)) or is_conv1d(m)})
     children = [n for n, _ in model.named_children()]
     for key, wanted, hint in (("target_modules", targets, layers), ("modules_to_save", to_save, children)):
         for t in wanted:
             if not any(n == t or n.endswith("." + t) for n in names):
-                raise UserError(f"{file}: train.lora.{key}: '{t}' matches no module of this {model_type} model; "
+                raise UserError(f"{file}: train.lora.{key}: '{t}' matches no module of this {family} model; "
                                 f"candidates: {', '.join(hint[:16])}")
     config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                             modules_to_save=to_save or None, fan_in_fan_out=model_type == "gpt2")
+                             modules_to_save=to_save or None,
+                             fan_in_fan_out=any(is_conv1d(m) for m in model.modules()))  # GPT-2: weights (in, out)
     with seeded(recipe.seed):  # the adapters' initialisation depends only on the recipe's seed
         wrapped = peft.get_peft_model(model, config)
     trainable, total = wrapped.get_nb_trainable_parameters()

@@ -122,7 +122,7 @@ def run_train(recipe: Recipe, run: RunDir, emit: StageEmitter, resume: bool = Fa
     base = run.variant("base") / "model"
     with atomic_dir(base) as tmp:
         shutil.copytree(run.final, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
-    from toolkit.compress.registry import Variant
+    from toolkit.variants import Variant
 
     Variant(name="base", parent=None, method="train", path=run.variant("base"), model_dir=base,
             info={k: v for k, v in prepared.info.items() if isinstance(v, (str, int, float, bool, type(None)))}).save()
@@ -168,8 +168,8 @@ def _save_adapter_and_merge(recipe: Recipe, run: RunDir, prepared: Any, setup: A
 
 def _onnx_base(recipe: Recipe, run: RunDir, emit: StageEmitter) -> None:
     """An .onnx model.source: no training; it becomes the baseline variant for the ONNX Runtime methods."""
-    from toolkit.compress.registry import Variant
     from toolkit.rundir import atomic_write_bytes
+    from toolkit.variants import Variant
 
     src = recipe.resolve_path(recipe.model.source)
     if recipe.train.enabled:

@@ -1,5 +1,5 @@
 """What the compression methods that train (distill, prune, QAT) share: short fine-tunes through the trainer's own
-loop, and the map of where each transformer family keeps its layers.
+loop.
 
 A step's fine-tune is ``toolkit.train.loop.fit`` unchanged: the same optimizer, schedule, precision, gradient
 clipping, validation and atomic checkpoints. Only the paths differ: :class:`VariantRunDir` points fit's
@@ -17,20 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.compress.registry import Context, StepConfig, step_to_dict
-from toolkit.config import Recipe, _f, config_hash
+from toolkit.config import Recipe, config_hash
 from toolkit.errors import UserError
 from toolkit.rundir import RunDir, atomic_write_json
+from toolkit.schema import setting
+from toolkit.steps import StepConfig, step_to_dict
 
 
 @dataclass
 class FinetuneKeys(StepConfig):
     """Keys of every step that fine-tunes (distill, prune); 0 = the value in [train]."""
 
-    epochs: float = _f(0.0, "fine-tune epochs (0 = [train] epochs; ignored when max_steps > 0)")
-    max_steps: int = _f(0, "fine-tune optimizer steps (0 = from epochs)")
-    lr: float = _f(0.0, "fine-tune peak learning rate (0 = [train] lr)")
-    batch_size: int = _f(0, "fine-tune batch size (0 = [train] batch_size)")
+    epochs: float = setting(0.0, "fine-tune epochs (0 = [train] epochs; ignored when max_steps > 0)")
+    max_steps: int = setting(0, "fine-tune optimizer steps (0 = from epochs)")
+    lr: float = setting(0.0, "fine-tune peak learning rate (0 = [train] lr)")
+    batch_size: int = setting(0, "fine-tune batch size (0 = [train] batch_size)")
 
     def check(self, where: str) -> None:
         for key in ("epochs", "max_steps", "lr", "batch_size"):
@@ -89,7 +90,7 @@ def device_for(recipe: Recipe):
     return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def finetune(ctx: Context, step: StepConfig, prepared: Any, model: Any, *, recipe: Recipe | None = None,
+def finetune(ctx: Any, step: StepConfig, prepared: Any, model: Any, *, recipe: Recipe | None = None,
              phase: str = "finetune", sources: tuple[Path, ...] = (),
              on_resume: Callable[[int], None] | None = None) -> Any:
     """Fine-tune ``model`` on ``prepared``'s data with the training loop; checkpoints in variants/<name>/.
@@ -159,60 +160,7 @@ def weights_bytes(model_dir: Path) -> int:
 
 def pytorch_parent(parent: Any, where: str, what: str) -> Path:
     """The parent's PyTorch model folder, or a UserError saying that ``what`` needs one."""
-    if parent.model_dir is None or not Path(parent.model_dir).is_dir():
+    if not parent.has_pytorch:
         raise UserError(f"{where}: {what} needs a PyTorch model, but variant '{parent.name}' is ONNX only "
                         f"({parent.onnx}); put this step before the ONNX Runtime steps, or set from = 'base'")
     return Path(parent.model_dir)
-
-
-# ---- transformer families --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Family:
-    """Where a transformer family keeps its layers and how its config names their sizes."""
-
-    lists: tuple[str, ...]
-    """module paths (suffixes) of the layer lists: encoder, decoder"""
-    count: tuple[str, ...]
-    """config keys holding each list's length"""
-    width: str
-    heads: tuple[str, ...]
-    ffn: tuple[str, ...]
-
-
-_BERT = Family(("encoder.layer",), ("num_hidden_layers",), "hidden_size", ("num_attention_heads",),
-               ("intermediate_size",))
-FAMILIES: dict[str, Family] = {
-    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
-    "distilbert": Family(("transformer.layer",), ("n_layers",), "dim", ("n_heads",), ("hidden_dim",)),
-    "gpt2": Family(("h",), ("n_layer",), "n_embd", ("n_head",), ("n_inner",)),
-    "bart": Family(("encoder.layers", "decoder.layers"), ("encoder_layers", "decoder_layers"), "d_model",
-                   ("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")),
-}
-
-
-def family_of(config: Any, where: str) -> Family:
-    fam = FAMILIES.get(getattr(config, "model_type", ""))
-    if fam is None:
-        raise UserError(f"{where}: model_type '{config.model_type}' has no layer map here; known: "
-                        f"{', '.join(sorted(FAMILIES))} and the CNN (edge-cnn)")
-    return fam
-
-
-def ffn_size(config: Any, key: str, fam: Family) -> int:
-    value = getattr(config, key, None)
-    return int(value) if value else 4 * int(getattr(config, fam.width))  # GPT-2's n_inner=None means 4 x width
-
-
-def layer_lists(model: Any, fam: Family) -> list[tuple[str, Any]]:
-    """(qualified name, ModuleList) of each layer list of ``model``, in the family's order."""
-    import torch
-
-    found = []
-    for suffix in fam.lists:
-        hits = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)
-                and (n == suffix or n.endswith("." + suffix))]
-        if len(hits) != 1:
-            raise UserError(f"{type(model).__name__}: cannot find its '{suffix}' layer list to copy layers from")
-        found.append(hits[0])
-    return found

@@ -1,0 +1,253 @@
+"""Looking at ONNX graphs for the compression methods: the parent's float graph, which nodes INT8 (or FP16)
+reached, layer groups for the accuracy guard, and ONNX Runtime's transformer fusions checked on real inputs."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from toolkit.errors import UserError, first_line
+
+
+def parent_onnx(parent: Any, ctx: Any, work_dir: Path, opset: int | None = None) -> Path:
+    """The parent's float ONNX graph: its own ``model.onnx``, else an export of its model folder into ``work_dir``.
+
+    Raises:
+        UserError: the parent has neither (e.g. an ExecuTorch-only variant).
+    """
+    if parent.onnx is not None and Path(parent.onnx).is_file():
+        return Path(parent.onnx)
+    if not parent.has_pytorch:
+        raise UserError(f"variant '{parent.name}' has no ONNX file and no model folder to export one from; "
+                        f"set from = \"<a PyTorch or ONNX variant>\" on this step")
+    from toolkit.compress._shared.data import split_data
+    from toolkit.export.onnx import export_onnx
+
+    # torch.onnx (the path for models optimum does not know) wants real example inputs
+    data = split_data(ctx, parent)
+    items = list(data.train[:2]) or list(data.validation[:2])
+    example = {k: v for k, v in data.collate(items).items() if k != "labels"} if items else None
+    result = export_onnx(parent.model_dir, Path(work_dir), ctx.task, opset=opset or ctx.recipe.export.opset,
+                         example_inputs=example)
+    return result.files[0]
+
+
+def copy_bundle(variant: Any, variants: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Tokenizer, labels.json and preprocess.json beside a compressed model (from the nearest model folder)."""
+    from toolkit.export.bundle import copy_bundle_files
+    from toolkit.variants import bundle_source
+
+    src = bundle_source(variant, variants)
+    if src is None or not src.is_dir():
+        return []
+    return copy_bundle_files(src, out_dir)
+
+
+@contextlib.contextmanager
+def work_dir(out_dir: Path) -> Iterator[Path]:
+    """``out_dir/.work``, empty, removed afterwards whatever happens."""
+    work = Path(out_dir) / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def quiet_ort_logging() -> Iterator[None]:
+    """The quantizer logs "consider pre-processing" and per-node notes on the root logger; our events say what
+    matters."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: Path, data: Any,
+                emit: Any) -> tuple[Path, Any]:
+    """ONNX Runtime's transformer optimizer on the families whose fusions it knows (the architecture adapter
+    says which); the fused graph is kept only if it gives the float graph's outputs on real inputs.
+
+    Returns: (the graph to quantize, {"optimizer": its arguments, "fusions"} | False | {"skipped": why}).
+    """
+    if not step.optimize:
+        return float_path, False
+    from toolkit.arch.transformer import TransformerAdapter
+    from toolkit.variants import config_of
+
+    fusion = TransformerAdapter().ort_fusion(config_of(parent, variants))
+    if fusion is None:
+        return float_path, False
+    if getattr(step, "scheme", "") == "int8-static":
+        # ORT's static quantizer has no QLinear/QDQ form of the fused Attention/SkipLayerNormalization ops (it fails
+        # on them), so static INT8 of a transformer works on the unfused graph; ORT fuses what it can at load time.
+        emit.log(f"{step.name}: int8-static quantizes the unfused graph (ONNX Runtime's static quantizer "
+                 f"cannot quantize its fused attention ops)")
+        return float_path, {"skipped": "static INT8 of fused transformer ops is not supported by ONNX Runtime"}
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from toolkit import onnxrt
+
+    out = work / "optimized.onnx"
+    try:
+        with quiet_ort_logging():
+            model = optimize_model(str(float_path), **fusion)
+            model.save_model_to_file(str(out))
+        fusions = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    except Exception as e:  # the optimizer raises many types on graphs it does not know; INT8 works without it
+        emit.log(f"{step.name}: ONNX Runtime's transformer optimizer failed ({first_line(e)[:200]}); quantizing the "
+                 f"unfused graph", "warning")
+        return float_path, False
+    if data is not None and data.validation:
+        # A fusion that misreads the graph (wrong head count) changes the outputs: keep the graph only if it agrees.
+        batch = data.collate(list(data.validation[:8]))
+        a = onnxrt.logits(onnxrt.open_session(float_path), batch)
+        b = onnxrt.logits(onnxrt.open_session(out), batch)
+        if a.shape != b.shape or abs(a - b).max() > 1e-3 * max(1.0, abs(a).max()):
+            emit.log(f"{step.name}: the fused graph's outputs differ from the float graph's; quantizing the unfused "
+                     f"graph", "warning")
+            return float_path, False
+    return out, {"optimizer": fusion, "fusions": fusions}
+
+
+def op_counts(path_or_model: Any) -> dict[str, int]:
+    """Nodes per op type (sorted by count), top-level graph."""
+    import onnx
+
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
+        onnx.load(str(path_or_model), load_external_data=False)
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    return dict(counts.most_common())
+
+
+def onnx_params(path: Path | str) -> int:
+    """Number of elements in the graph's initializers (its weights, quantized or not)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return int(sum(int(np.prod(i.dims)) if len(i.dims) else 1 for i in model.graph.initializer))
+
+
+# ---- which nodes of a graph INT8 reached ----------------------------------------------------------------
+
+SHAPE_OPS = {"Constant", "Shape", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "Identity", "Slice",
+             "ConstantOfShape", "Expand", "Equal", "Where", "Range", "Flatten", "Transpose", "Not", "Less",
+             "Greater", "Gather"}
+"""ops that move or index data without arithmetic on it (only counted when a weight-free node stays float)"""
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather", "LSTM"}
+
+
+def quantized_nodes(before: Any, after: Any, qdq: bool) -> set[str]:
+    """Names of the float graph's nodes that run in INT8 in ``after``.
+
+    QOperator/dynamic graphs replace a quantized node (its name disappears); QDQ graphs keep it and feed it from
+    DequantizeLinear nodes.
+    """
+    before, after = _graph(before), _graph(after)
+    after_names = {n.name for n in after.node}
+    if not qdq:
+        return {n.name for n in before.node if n.name and n.name not in after_names}
+    # QDQ: activations after a quantized op (Relu, Clip) are absorbed into its range and disappear too
+    absorbed = {n.name for n in before.node if n.name and n.name not in after_names}
+    dq_outputs = {o for n in after.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return absorbed | {n.name for n in after.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name and any(i in dq_outputs for i in n.input)
+            and n.op_type in WEIGHTED_OPS | {"Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+                                             "Softmax", "Concat", "Sigmoid", "LeakyRelu", "Resize", "ArgMax"}}
+
+
+def _graph(model: Any) -> Any:
+    return model.graph if hasattr(model, "graph") else model
+
+
+def count_types(model: Any, names: set[str]) -> dict[str, int]:
+    """Op types of the named nodes, with counts."""
+    graph = _graph(model)
+    counts: dict[str, int] = {}
+    for n in graph.node:
+        if n.name in names:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def float_op_types(model: Any, quantized: set[str]) -> dict[str, int]:
+    """Arithmetic op types of the float graph with nodes left in float (shape/indexing ops left out)."""
+    graph = _graph(model)
+    init = {i.name for i in graph.initializer}
+    counts: dict[str, int] = {}
+    for n in graph.node:
+        if n.name in quantized:
+            continue
+        weighted_gather = n.op_type == "Gather" and n.input and n.input[0] in init
+        if n.op_type in SHAPE_OPS and not weighted_gather:
+            continue
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+_LAYER = re.compile(r"^(layer|layers|h|block|blocks|encoder_layer|decoder_layer)[._](\d+)$")
+_CONTAINERS = ("layer", "layers", "h", "block", "blocks")
+
+
+def group_of(parts: list[str]) -> str | None:
+    """Module path parts -> 'bert/encoder/layer.0' (a numbered block) or the first two levels ('bert/pooler')."""
+    for i, p in enumerate(parts):
+        if _LAYER.match(p):
+            return "/".join(parts[: i + 1])
+        if p.isdigit() and i > 0 and parts[i - 1] in _CONTAINERS:
+            return "/".join(parts[: i - 1] + [f"{parts[i - 1]}.{p}"])
+    if not parts:
+        return None
+    if len(parts) > 1 and not parts[1].startswith(parts[0] + ".") and not parts[1].isdigit():
+        return "/".join(parts[:2])
+    return parts[0]
+
+
+def node_groups(model: Any, quantized: set[str]) -> dict[str, list[str]]:
+    """Layer groups of the quantized nodes, in model order: the guard's candidates.
+
+    Named by module path: exporters name nodes '/bert/encoder/layer.0/.../MatMul'; fused nodes ('Attention_0')
+    are named by their weights ('bert.embeddings.word_embeddings.weight'), else join the layer that follows them.
+    """
+    graph = _graph(model)
+    init = {i.name for i in graph.initializer}
+    assigned: list[tuple[str, str | None]] = []
+    for n in graph.node:
+        if n.name not in quantized:
+            continue
+        group = None
+        if n.name.startswith("/"):
+            group = group_of(n.name.strip("/").split("/")[:-1])
+        if group is None:
+            for i in n.input:
+                if i in init and "." in i and not i.startswith("onnx::"):
+                    group = group_of(i.split(".")[:-1])
+                    break
+        assigned.append((n.name, group))
+    groups: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for name, group in assigned:
+        if group is None:
+            pending.append(name)
+            continue
+        groups.setdefault(group, []).extend(pending + [name])
+        pending = []
+    if pending:  # fused nodes after the last named one belong with it
+        last = next(reversed(groups)) if groups else "model"
+        groups.setdefault(last, []).extend(pending)
+    return groups

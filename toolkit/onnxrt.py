@@ -1,0 +1,144 @@
+"""ONNX Runtime, the one place it is opened and fed: sessions, inputs from a batch, the type table, logits.
+
+Every stage that runs an ONNX graph (the quantizers' accuracy guard, export verification, evaluation, the latency
+harness, generation timing) opens it with :func:`open_session` and feeds it with :func:`feed`, so a graph that
+loads or fails in one stage does the same in every other, with the same message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from toolkit.errors import UserError, first_line, op_error
+
+NP_TYPES: dict[str, Any] = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+"""ONNX Runtime's input type names -> numpy dtypes"""
+
+
+def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str | None = None,
+                 providers: Sequence[str] | None = None, timing: bool = False, optimize: bool = True) -> Any:
+    """An ``onnxruntime.InferenceSession`` for an ``.onnx`` or ``.ort`` file (or an in-memory ``ModelProto``).
+
+    Args:
+        threads: intra-op threads (None: ONNX Runtime's default).
+        fmt: a word for messages ("onnx" | "ort"; default from the suffix).
+        providers: execution providers in order of preference (default: the CPU's).
+        timing: the latency harness's settings: one inter-op thread, sequential execution, every graph
+            optimisation, only fatal log lines.
+        optimize: False runs the graph as written (no fusions): the estimator's kernel timings.
+
+    Raises:
+        UnsupportedOpError: the runtime has no kernel for an op of the graph (the message names op and format).
+        UserError: a file that is not an ONNX model, a provider this build lacks, any other load failure.
+    """
+    import onnxruntime as ort
+
+    proto = path if hasattr(path, "SerializeToString") else None
+    path = Path("<in-memory model>") if proto is not None else Path(path)
+    fmt = fmt or ("ort" if path.suffix == ".ort" else "onnx")
+    providers = list(providers or ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    for p in providers:
+        if p not in available:
+            raise UserError(f"execution provider '{p}' is not in this onnxruntime build; "
+                            f"available: {', '.join(available)}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4 if timing else 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if timing:
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not optimize:  # a chain of Adds stays a chain: kernels are timed, not what a fusion leaves
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        source = proto.SerializeToString() if proto is not None else str(path)
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph, NotImplemented ...)
+        kind = type(exc).__name__
+        if kind == "InvalidProtobuf" or (fmt == "ort" and kind in ("Fail", "InvalidArgument")):
+            raise UserError(f"{path}: not an ONNX model ({first_line(exc, 200)}); export one with "
+                            f"`python -m toolkit export RECIPE` or torch.onnx.export") from exc
+        raise op_error(exc, f"onnxruntime {ort.__version__} ({fmt})", path) or \
+            UserError(f"{path}: onnxruntime cannot load it: {first_line(exc)[:300]}") from exc
+
+
+def graph_inputs(path: Path | str) -> list[Any]:
+    """A graph's inputs as ONNX Runtime describes them (name, type, shape), read from the file without a session."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+    out = []
+    for v in model.graph.input:
+        if v.name in init:
+            continue
+        t = v.type.tensor_type
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        ort_type = next((k for k, d in NP_TYPES.items() if np.dtype(d) == np_type), f"tensor({np_type.name})")
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        out.append(SimpleNamespace(name=v.name, type=ort_type, shape=shape))
+    return out
+
+
+def positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids that skip left padding: cumsum(mask) - 1, padding set to 1 (optimum's rule)."""
+    mask = np.asarray(mask)
+    return np.where(mask == 0, 1, np.cumsum(mask, -1) - 1).astype(np.int64)
+
+
+def feed(inputs: Any, values: Mapping[str, Any], where: object = "the ONNX graph") -> dict[str, np.ndarray]:
+    """The graph's inputs from ``values`` (arrays or tensors; "labels" is ignored), each cast to the graph's type.
+
+    What a batch does not carry is filled in as a first step of the model would see it: token_type_ids zeros,
+    position_ids from the attention mask, ``use_cache_branch`` False and every ``past_key_values.*`` empty (its
+    symbolic axes 0 long, the batch axis as the batch).
+
+    Args:
+        inputs: a session, or its ``get_inputs()`` (or :func:`graph_inputs` of a file).
+
+    Raises:
+        UserError: an input the values cannot fill, naming it and what was given.
+    """
+    specs = inputs.get_inputs() if hasattr(inputs, "get_inputs") else inputs
+    arrays = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in values.items() if k != "labels"}
+    first = arrays.get("input_ids", next(iter(arrays.values()), np.zeros((1, 1))))
+    n = first.shape[0] if first.ndim else 1
+    out = {}
+    for spec in specs:
+        name = spec.name
+        if name in arrays:
+            value = arrays[name]
+        elif name == "token_type_ids" and "input_ids" in arrays:
+            value = np.zeros(arrays["input_ids"].shape)
+        elif name == "position_ids" and "attention_mask" in arrays:
+            value = positions(arrays["attention_mask"])
+        elif name == "use_cache_branch":
+            value = np.array([False])
+        elif name.startswith("past_key_values"):
+            value = np.zeros([n if i == 0 else (d if isinstance(d, int) and d > 0 else 0)
+                              for i, d in enumerate(spec.shape)])
+        else:
+            raise UserError(f"{where}: the graph takes input '{name}', which the batch cannot fill "
+                            f"(it has {', '.join(sorted(arrays)) or 'nothing'})")
+        out[name] = np.asarray(value).astype(NP_TYPES.get(spec.type, np.float32))
+    return out
+
+
+def output_name(session: Any, preferred: str = "logits") -> str:
+    """``preferred`` when the graph has that output, else its first output."""
+    names = [o.name for o in session.get_outputs()]
+    return preferred if preferred in names else names[0]
+
+
+def logits(session: Any, batch: Mapping[str, Any], where: object = "the ONNX graph") -> np.ndarray:
+    """The graph's logits (its first output when none is called so) for one batch, as float32."""
+    return np.asarray(session.run([output_name(session)], feed(session, batch, where))[0], dtype=np.float32)

@@ -5,7 +5,8 @@ by task (see ``base.Task``): data fields, the model class, metrics and the main 
     task = get_task(recipe.task)
     prepared = task.prepare(recipe, splits, work_dir)
 
-Importing this package is cheap: torch and transformers are imported when a task prepares or loads a model.
+The task modules import torch (their collate functions build tensors); transformers is imported when a task prepares
+or loads a model.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""The contract between a task and the training loop (and, later, compression and evaluation).
+"""The contract between a task and every stage: the ``Task`` protocol and the records it hands out.
 
-A task turns the data stage's ``Splits`` into a model and encoded datasets. Every model, built-in or Hugging
-Face, is called as ``model(**batch)`` on a batch from ``collate`` that includes ``labels`` and returns an
-object with ``.loss`` (mean over the batch) and ``.logits``.
+A task turns the data stage's ``Splits`` into a model and encoded datasets (``Prepared``); every model, built-in or
+Hugging Face, is called as ``model(**batch)`` on a batch from ``collate`` that includes ``labels`` and returns an
+object with ``.loss`` (mean over the batch) and ``.logits``. Beyond that a task answers everything else that
+differs by task (data fields, metrics, export inputs, token masks ...), so no stage compares task names.
 """
 from __future__ import annotations
 

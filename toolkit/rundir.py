@@ -60,9 +60,12 @@ class RunDir:
                 f"use another --out or --force to start over")
 
     def reset(self) -> None:
-        """--force: remove what an earlier run left (the folder itself stays)."""
+        """--force: remove what an earlier run left (the folder itself stays, and the lock of the command that is
+        starting over, which it took first)."""
         if self.path.exists():
             for child in self.path.iterdir():
+                if child.name == self.lock.name:
+                    continue
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:

@@ -255,6 +255,9 @@ def run_session(recipe: Recipe, run: RunDir, listeners: Sequence[Listener] = (),
             a full disk (exit 2). Interrupted: Ctrl-C/SIGTERM, after a checkpoint (exit 130). Anything a stage
             raises, after recording the stage as failed (running the same command again retries from it).
     """
+    from toolkit.compress.stage import check_steps
+
+    check_steps(recipe)  # a step the model's family cannot do is refused before any work
     with RunLock(run, "run"):
         run.check_owner(recipe.name, recipe.task, force)
         if force:

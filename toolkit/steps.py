@@ -37,6 +37,12 @@ class StepConfig:
     def check(self, where: str) -> None:
         """Value checks beyond types; raise UserError naming ``where`` and the key. Override per method."""
 
+    def check_model(self, model: Any, task: Any, where: str, from_base: bool) -> None:
+        """Whether the step can apply to ``model`` (its structure on the meta device: no weights) for ``task``,
+        before any work: raise UserError naming ``where``, the family and what would work instead. ``model`` is
+        None for an ONNX model source. ``from_base``: the step's parent is the trained model itself (a later
+        step's parent may be smaller, so its sizes are only checked from the base)."""
+
 
 Handler = Callable[..., Any]
 HANDLERS: dict[tuple[type, str | None], Handler] = {}

@@ -55,6 +55,33 @@ def test_existing_run_from_another_recipe_is_refused(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["run"] == "other-name"
 
 
+@pytest.mark.parametrize("command", ["train", "compress"])
+def test_force_takes_the_lock_before_touching_a_live_run(tmp_path, command):
+    """--force on a run directory another process works in is refused, and nothing of that run is lost (issue 14)."""
+    import os
+    import socket
+    import time
+
+    assert _train(str(demo_recipe()), "--out", str(tmp_path), *FAST).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "command": "run", "started": time.time(),
+                "heartbeat": time.time()}
+        (tmp_path / "run.lock").write_text(json.dumps(lock))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        events = (tmp_path / "events.jsonl").read_text()
+        p = subprocess.run([sys.executable, "-m", "toolkit", command, str(demo_recipe()), "--out", str(tmp_path),
+                            "--force", "--quiet"], capture_output=True, text=True, timeout=120)
+        line = _one_line_error(p)
+        assert f"a live run holds it (pid {holder.pid}" in line
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing removed
+        assert (tmp_path / "events.jsonl").read_text() == events  # and nothing written
+        assert json.loads((tmp_path / "run.lock").read_text())["pid"] == holder.pid
+    finally:
+        holder.kill()
+        os.waitpid(holder.pid, 0)
+
+
 def test_second_train_without_resume_is_refused(tmp_path):
     assert _train(str(demo_recipe()), "--out", str(tmp_path), *FAST).returncode == 0
     line = _one_line_error(_train(str(demo_recipe()), "--out", str(tmp_path), *FAST))

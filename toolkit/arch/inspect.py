@@ -147,27 +147,35 @@ class FFN:
     """one projection makes [gate; up] (each neuron is a row in both halves)"""
 
 
-def _by_suffix(layer: Any, suffix: str) -> str | None:
-    """The layer's linear module at ``suffix`` (the exact path first, else the one path ending with it)."""
-    if io(get_path(layer, suffix)):
-        return suffix
-    hits = [p for p, m in layer.named_modules() if p.endswith("." + suffix) and io(m)]
-    return hits[0] if len(hits) == 1 else None
+def find_ffns(layer: Any) -> list[FFN]:
+    """The layer's FFNs (MobileBERT stacks several in a layer), matched against the known layouts at any depth
+    and checked by size."""
+    prefixes = [""] + [p + "." for p, _ in layer.named_modules() if p]
+    found: list[FFN] = []
+    for prefix in prefixes:
+        ffn = _ffn_at(layer, prefix)
+        if ffn is not None and not any(f.down == ffn.down for f in found):
+            found.append(ffn)
+    return found
 
 
 def find_ffn(layer: Any) -> FFN | None:
-    """The layer's FFN, matched against the known layouts and checked by size."""
+    """The layer's first FFN."""
+    found = find_ffns(layer)
+    return found[0] if found else None
+
+
+def _ffn_at(layer: Any, prefix: str) -> FFN | None:
     for ups, down in shapes.FFN:
-        up_paths = [_by_suffix(layer, u) for u in ups]
-        down_path = _by_suffix(layer, down)
-        if down_path is None or any(p is None for p in up_paths):
+        up_paths, down_path = [prefix + u for u in ups], prefix + down
+        if io(get_path(layer, down_path)) is None or any(io(get_path(layer, p)) is None for p in up_paths):
             continue
         width = io(get_path(layer, down_path))[0]
         if all(io(get_path(layer, p))[1] == width for p in up_paths):
             return FFN(ups=up_paths, down=down_path, width=width)
     for up, down in shapes.FFN_FUSED_GATE:
-        up_path, down_path = _by_suffix(layer, up), _by_suffix(layer, down)
-        if up_path and down_path:
+        up_path, down_path = prefix + up, prefix + down
+        if io(get_path(layer, up_path)) and io(get_path(layer, down_path)):
             width = io(get_path(layer, down_path))[0]
             if io(get_path(layer, up_path))[1] == 2 * width:
                 return FFN(ups=[up_path], down=down_path, width=width, fused_gate=True)

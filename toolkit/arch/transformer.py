@@ -20,7 +20,7 @@ from typing import Any
 from toolkit.arch import shapes
 from toolkit.arch.base import (Group, Stack, io, is_conv1d, out_axis, prune_in, prune_out, unit_parts_in,
                                unit_parts_out, unsupported)
-from toolkit.arch.inspect import (Attention, config_value, find_attentions, find_ffn, find_stacks, get_path,
+from toolkit.arch.inspect import (Attention, config_value, find_attentions, find_ffns, find_stacks, get_path,
                                   owner_and_attr, role_keys)
 from toolkit.errors import UserError
 from toolkit.registry import ADAPTERS
@@ -84,12 +84,12 @@ class TransformerAdapter:
                     for ai, a in enumerate(attns if mode == "uniform" else attns[:1]):
                         groups.append(_head_group(layer, a, (si, li, ai), mode))
                 if "ffn" in parts:
-                    ffn = find_ffn(layer)
-                    if ffn is None:
+                    ffns = find_ffns(layer)
+                    if not ffns:
                         raise unsupported(model, "structured FFN pruning",
                                           f"no known feed-forward layout in {stack.name}.{li}",
                                           "set parts = [\"heads\"] or use kind = \"unstructured\"")
-                    groups.append(_ffn_group(layer, ffn, (si, li)))
+                    groups += [_ffn_group(layer, ffn, (si, li, fi)) for fi, ffn in enumerate(ffns)]
         if not groups:
             raise unsupported(model, f"structured pruning of {parts}", why or "nothing to remove",
                               "prune [\"ffn\"] or use kind = \"unstructured\"")
@@ -125,7 +125,7 @@ class TransformerAdapter:
         for si, widths in ffn_width.items():
             if len(widths) != 1:
                 raise RuntimeError(f"FFN widths differ between the layers of {stacks[si].name}: {sorted(widths)}")
-            old = groups[[g.key[:2] for g in groups].index(("ffn", si))].count
+            old = next(g.count for g in groups if g.key[:2] == ("ffn", si))
             _set_ffn_keys(model.config, stacks[si].role, old, widths.pop())
         if uniform:
             counts["heads"] = _remove_uniform(model, uniform)
@@ -148,6 +148,7 @@ class TransformerAdapter:
                                   "give layers = <number> for a fresh student")
         cfg = copy.deepcopy(model.config)
         for s in stacks:
+            _per_layer_lists(cfg, len(s.layers), lambda values: [values[i] for i in keep])
             setattr(cfg, s.count_key, len(keep))
         pruned = {int(k): v for k, v in (getattr(cfg, "pruned_heads", None) or {}).items()}
         cfg.pruned_heads = {i: list(pruned[j]) for i, j in enumerate(keep) if j in pruned}
@@ -199,7 +200,11 @@ class TransformerAdapter:
             setattr(cfg, key, width // heads)
         for s in self.stacks(model):
             if s.count_key:
-                setattr(cfg, s.count_key, layers or int(getattr(model.config, s.count_key)))
+                n = layers or int(getattr(model.config, s.count_key))
+                _per_layer_lists(cfg, len(s.layers), lambda values, n=n: (values * n)[:n])
+                setattr(cfg, s.count_key, n)
+        for key in [k for k, v in vars(cfg).items() if k.endswith("hidden_size") and v == old_width]:
+            setattr(cfg, key, width)  # sizes that follow the width (DeBERTa's pooler_hidden_size)
         cfg.pruned_heads = {}
         with seeded(seed):
             return type(model)._from_config(cfg, attn_implementation="eager")
@@ -250,6 +255,13 @@ class TransformerAdapter:
             for layer in s.layers:
                 total += sum(2 * seq_len * seq_len * a.width for a in find_attentions(layer, model.config))
         return total
+
+
+def _per_layer_lists(config: Any, layers: int, select: Any) -> None:
+    """Config lists with one entry per layer (Qwen2's layer_types) follow the layers kept."""
+    for key, value in list(vars(config).items()):
+        if isinstance(value, list) and len(value) == layers and key not in ("architectures",):
+            setattr(config, key, select(value))
 
 
 # ---- heads ------------------------------------------------------------------------------------------------

@@ -22,11 +22,13 @@ def run(args: argparse.Namespace) -> int:
     if not recipe.compress:
         raise UserError(f"{args.recipe}: the recipe has no [[compress]] steps; add one, e.g. a table "
                         f"[[compress]] with method = \"quantize\"")
+    from toolkit.compress.stage import check_steps
     from toolkit.train.stage import prepare_run_dir
 
+    check_steps(recipe)  # before anything is written: a step the family cannot do is one line
     run = RunDir(run_dir_for(args, recipe))
-    prepare_run_dir(recipe, run, args.force)
-    with RunLock(run, "compress"), ConsoleDisplay(args.quiet) as display:
+    with RunLock(run, "compress"), ConsoleDisplay(args.quiet) as display:  # the lock before --force clears
+        prepare_run_dir(recipe, run, args.force)
         emitter = Emitter(run.events, recipe.name, [display])
         try:
             _train_if_needed(recipe, run, emitter)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, recipe: Any, env: Any) -> int:
     """Train in this process: the whole job, or this rank's part of it (rank 0 alone writes)."""
     from toolkit.console import ConsoleDisplay
-    from toolkit.events import Emitter, null_emitter
+    from toolkit.events import null_emitter
     from toolkit.rundir import RunDir, RunLock
     from toolkit.train import distributed
     from toolkit.train.stage import prepare_run_dir, run_train
@@ -53,27 +53,37 @@ def _train(args: argparse.Namespace, recipe: Any, env: Any) -> int:
         from toolkit.train.checkpoint import check_world_size
 
         check_world_size(run.checkpoints, env.world)  # before anything starts: one clear line
-    if env.is_main:
-        prepare_run_dir(recipe, run, args.force)
-    distributed.barrier(env)  # the others start once rank 0 has (re)set the run directory
     if not env.is_main:
+        distributed.barrier(env)  # the others start once rank 0 holds the lock and has (re)set the run directory
         run_train(recipe, run, null_emitter("train"), resume=args.resume)
         return 0
-    with RunLock(run, "train"), ConsoleDisplay(args.quiet) as display:
-        emitter = Emitter(run.events, recipe.name, [display])
-        emit = emitter.for_stage("train")
-        try:
-            result = run_train(recipe, run, emit, resume=args.resume)
-        except Exception as e:
-            if not getattr(e, "exit_code", 0) == 130:
-                emit("error", message=str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise
-        finally:
-            emitter.close()
+    # The lock first: --force must not clear a run directory another process is working in.
+    with RunLock(run, "train"):
+        prepare_run_dir(recipe, run, args.force)
+        distributed.barrier(env)
+        with ConsoleDisplay(args.quiet) as display:
+            result = _run_logged(recipe, run, display, args.resume)
     val = result.validation if result else {}
     shown = "  ".join(f"{k} {v:.0f}" if k == "examples" else f"{k} {v:.4f}" for k, v in val.items())
     print(f"model: {run.final}" + (f"  (validation: {shown})" if shown else ""))
     return 0
+
+
+def _run_logged(recipe: Any, run: Any, display: Any, resume: bool) -> Any:
+    """run_train with events to events.jsonl and the console; a failure leaves an "error" event."""
+    from toolkit.events import Emitter
+    from toolkit.train.stage import run_train
+
+    emitter = Emitter(run.events, recipe.name, [display])
+    emit = emitter.for_stage("train")
+    try:
+        return run_train(recipe, run, emit, resume=resume)
+    except Exception as e:
+        if not getattr(e, "exit_code", 0) == 130:
+            emit("error", message=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    finally:
+        emitter.close()
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -73,6 +73,21 @@ class DistillConfig(FinetuneKeys):
                             f"need the teacher's hidden states every step: set cache_teacher = false")
 
 
+    def check_model(self, model: Any, task: Any, where: str, from_base: bool) -> None:
+        if model is None:
+            raise UserError(f"{where}: distillation needs a PyTorch model, and model.source is an ONNX file; "
+                            f"quantize it instead (method = \"quantize\")")
+        import torch
+
+        with torch.device("meta"):  # the student this step would build, without weights
+            if from_base:
+                build_student(self, model, model, bool(self.teacher), where, 0)
+            else:
+                from toolkit.arch import adapter_for
+
+                adapter_for(model)
+
+
 # ---- the student ----------------------------------------------------------------------------------------------
 
 def build_student(step: DistillConfig, source: Any, teacher: Any, explicit_teacher: bool, where: str,

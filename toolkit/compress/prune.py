@@ -71,6 +71,20 @@ class PruneConfig(FinetuneKeys):
         if self.taylor_batches < 1 or self.prune_every < 0 or not 0 < self.prune_end <= 1:
             raise UserError(f"{where}: taylor_batches must be >= 1, prune_every >= 0, prune_end in (0, 1]")
 
+    def check_model(self, model: Any, task: Any, where: str, from_base: bool) -> None:
+        if model is None:
+            raise UserError(f"{where}: pruning needs a PyTorch model, and model.source is an ONNX file; quantize it "
+                            f"instead (method = \"quantize\")")
+        if self.kind != "structured":
+            return  # unstructured pruning needs no knowledge of the architecture
+        from toolkit.arch import adapter_for
+
+        notes: list[str] = []
+        try:
+            adapter_for(model).prune_groups(model, list(self.parts), task.kv_cache, notes)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+
 
 # ---- counting ---------------------------------------------------------------------------------------------------
 
@@ -270,8 +284,8 @@ def structured(step: PruneConfig, prepared: Any, ctx: Context, settings: Any, wh
         ctx.emit.log(f"{step.name}: {note}", "warning")
     scores = rank_units(groups, step, model, prepared, settings.train.batch_size, device_for(settings))
     before: dict[str, list[int]] = {}
-    for g in groups:
-        before.setdefault(g.key[0], []).append(g.count)
+    for g in groups:  # heads removed in groups (grouped-query attention) are counted as heads
+        before.setdefault(g.key[0], []).append(g.count * g.extra.get("unit_q", 1))
     model, kept = adapter.remove_units(model, groups, [keep_units(s, step.sparsity) for s in scores])
     if adapter.kind == "transformer":
         kept = {f"{k}_per_layer": v for k, v in kept.items()}

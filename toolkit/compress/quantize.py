@@ -65,6 +65,14 @@ class QuantizeConfig(StepConfig):
         except UserError as e:
             raise UserError(f"{where}: target: {e}") from None
 
+    def check_model(self, model: Any, task: Any, where: str, from_base: bool) -> None:
+        if self.scheme in ("pt2e", "qat") and not task.classifies:
+            raise UserError(f"{where}: scheme = '{self.scheme}' supports classifiers (text and image); for "
+                            f"{task.name} use scheme = 'int8-dynamic'")
+        if self.scheme in ("pt2e", "qat") and model is None:
+            raise UserError(f"{where}: scheme = '{self.scheme}' quantizes a PyTorch model, and model.source is an "
+                            f"ONNX file; use scheme = 'int8-dynamic' or 'int8-static'")
+
 
 def int8_settings(step: QuantizeConfig) -> dict[str, Any]:
     """The INT8 format for the step: the target profile's, with the step's per_channel/reduce_range overrides."""

@@ -33,6 +33,24 @@ def step_hash(step: Any, parent: Variant, manifest: dict[str, Any]) -> str:
     return config_hash({"step": step_to_dict(step), "parent": parent.name, "parent_sha256": parent_sha})
 
 
+def check_steps(recipe: Recipe) -> None:
+    """Every [[compress]] step against the model's structure, before any work: a step that cannot apply to the
+    family (structured pruning of a model whose units cannot be removed, a layer that does not exist, PT2E of a
+    language model, distillation of an ONNX file ...) is one UserError naming the step, the family and what works
+    instead."""
+    if not recipe.steps:
+        return
+    from toolkit.models.skeleton import skeleton
+    from toolkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    model = skeleton(recipe, task)
+    file = recipe.source_path or "recipe"
+    for step in recipe.steps:
+        where = f"{file}: [[compress]] '{step.name}' ({type(step).method_name})"
+        step.check_model(model, task, where, from_base=step.from_ == "base")
+
+
 def run_compress(recipe: Recipe, run: RunDir, emit: StageEmitter) -> dict[str, Variant]:
     """Run the recipe's [[compress]] steps in order into ``run``; returns every variant by name (base first).
 

@@ -50,12 +50,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the system refused a write: the user's to fix, one line naming the file
+        line = _os_error_line(e)
+        if line is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: {line}", file=sys.stderr)
+        return 2
     except Exception as e:  # an internal error: say so, and how to see more
         if debug:
             traceback.print_exc()
         else:
             print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _os_error_line(e: OSError) -> str | None:
+    """One line for the OS errors a user can fix (permissions, a read-only or full disk), else None."""
+    import errno
+
+    where = e.filename or "a file"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}: cannot write it ({e.strerror}); choose another --out, or make the folder writable, then "
+                f"run the same command again")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {where}: free some space, then run the same command again to continue"
+    return None
 
 
 if __name__ == "__main__":

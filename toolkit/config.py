@@ -250,7 +250,8 @@ def validate(recipe: Recipe, file: str) -> None:
     checks = [
         ("train.lr", t.lr, t.lr > 0 and math.isfinite(t.lr), "must be a positive number, e.g. 5e-4"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "must be at least 1"),
-        ("train.epochs", t.epochs, t.epochs >= 0, "must be >= 0"),
+        ("train.epochs", t.epochs, t.epochs > 0 or t.max_steps > 0 or not t.enabled,
+         "must be more than 0 (or set train.max_steps, or [train] enabled = false)"),
         ("train.max_steps", t.max_steps, t.max_steps >= 0, "must be >= 0 (0 = from epochs)"),
         ("train.grad_accum", t.grad_accum, 1 <= t.grad_accum <= t.batch_size, "must be between 1 and batch_size"),
         ("train.warmup", t.warmup, t.warmup >= 0, "must be >= 0"),

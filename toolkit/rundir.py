@@ -80,8 +80,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: what an ordinary ``open(path, "w")`` would give the file
+    (mkstemp and mkdtemp make 0600 / 0700 files, which other users of a shared run directory could not read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    Raises:
+        OSError: as the system says, with ``filename`` set to ``path`` (a full disk names the file it was writing).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -90,7 +102,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -115,6 +133,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, umask_mode(0o777))
     try:
         yield tmp
         for p in tmp.rglob("*"):
@@ -164,9 +183,25 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class TornFile(UserError):
+    """A file of the run directory that is not the JSON its writer wrote (cut short, or edited by hand)."""
+
+
+def read_json_file(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A run directory's JSON file; a torn one is a TornFile naming it, ``what`` it is and how to recover."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TornFile(f"{path}: the {what} is torn (not valid JSON: {str(e).splitlines()[0]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise TornFile(f"{path}: the {what} is not a JSON object; {fix}")
+    return data
+
+
 def load_manifest(run: RunDir) -> dict[str, Any]:
     if run.manifest.exists():
-        return json.loads(run.manifest.read_text(encoding="utf-8"))
+        return read_json_file(run.manifest, "manifest", "start the run directory over with --force, or restore "
+                                                       "the file from a copy")
     return {}
 
 
@@ -257,13 +292,19 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         import threading
 
+        if self.run.path.exists() and not self.run.path.is_dir():
+            raise UserError(f"{self.run.path} is a file, not a run directory: give --out a folder (new or a run's)")
         info = read_lock(self.run)
         if lock_is_live(info) and int(info.get("pid", -1)) != os.getpid():
             raise UserError(f"{self.run.path}: a live run holds it (pid {info.get('pid')} on {info.get('host')}, "
                             f"'{info.get('command')}'); wait for it or stop it first")
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        self._started = time.time()
-        self._write()
+        try:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self._started = time.time()
+            self._write()
+        except PermissionError:
+            raise UserError(f"{self.run.path}: cannot write there (permission denied); choose another --out or "
+                            f"make the folder writable") from None
         self._stop = threading.Event()
 
         def beat() -> None:

@@ -255,9 +255,7 @@ def run_session(recipe: Recipe, run: RunDir, listeners: Sequence[Listener] = (),
             a full disk (exit 2). Interrupted: Ctrl-C/SIGTERM, after a checkpoint (exit 130). Anything a stage
             raises, after recording the stage as failed (running the same command again retries from it).
     """
-    from toolkit.compress.stage import check_steps
-
-    check_steps(recipe)  # a step the model's family cannot do is refused before any work
+    preflight(recipe)
     with RunLock(run, "run"):
         run.check_owner(recipe.name, recipe.task, force)
         if force:
@@ -272,6 +270,23 @@ def run_session(recipe: Recipe, run: RunDir, listeners: Sequence[Listener] = (),
         finally:
             emitter.close()
     return run.report_json
+
+
+def preflight(recipe: Recipe) -> None:
+    """What can be checked before any work, so a mistake costs seconds, not a training run: the device profiles
+    ``[eval] targets`` names, and every [[compress]] step against the model's structure.
+
+    Raises:
+        UserError: naming the recipe file and the key or step.
+    """
+    from toolkit.compress.stage import check_steps
+    from toolkit.eval.stage import check_targets
+
+    try:
+        check_targets(recipe)
+    except UserError as e:
+        raise UserError(f"{recipe.source_path or 'recipe'}: {e}") from None
+    check_steps(recipe)
 
 
 def _clear(run: RunDir) -> None:

@@ -21,9 +21,14 @@ def run(args: argparse.Namespace) -> int:
     from toolkit.cli.common import existing_run, resolve_recipe, stage_events
     from toolkit.eval.stage import check_metrics, run_eval
 
+    from toolkit.eval.stage import check_targets, select_variants
+
     recipe = resolve_recipe(args)
     check_metrics(args.metrics, recipe.task)  # before anything else: a wrong metric costs nothing
     run = existing_run(args, recipe)
+    # A refused command line writes nothing into the run: the names are checked before the stage starts.
+    select_variants(run, args.variants or None)
+    check_targets(recipe)
     from toolkit.report import write_report
 
     with stage_events(run, recipe, "eval", args.quiet) as emit:

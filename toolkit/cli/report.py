@@ -27,7 +27,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir.path}: no such run directory (give the folder a `run` wrote, e.g. runs/demo)")
     if not run_dir.manifest.exists():
         raise UserError(f"{run_dir.path}: not a run directory (no manifest.json); run `python -m toolkit run` first")
+    from toolkit.rundir import TornFile, read_json_file
+
     shown = run_dir.report_json if args.json else run_dir.report_md
+    if run_dir.report_json.exists():
+        try:  # a torn report.json is a failed check, not a report to print
+            read_json_file(run_dir.report_json, "report", "rebuild it with `python -m toolkit eval RECIPE` or run "
+                                                          "the session again")
+        except TornFile as e:
+            raise CheckFailed(str(e)) from None
     if shown.exists():
         text = shown.read_text(encoding="utf-8")
         if not args.json and sys.stdout.isatty():
@@ -43,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from toolkit.rundir import load_manifest
 
-        problems = verify_run(run_dir)
+        try:
+            problems = verify_run(run_dir)
+        except TornFile as e:  # the record everything is checked against is itself broken
+            raise CheckFailed(str(e)) from None
         if problems:
             raise CheckFailed(f"{len(problems)} artifact(s) changed or missing in {run_dir.path}: "
                               + "; ".join(problems))

@@ -115,6 +115,8 @@ def _read(recipe: Recipe, spec: Any, value: str | list[str], split: str,
         return read_image_folder(path, str(path), key, image_target)
     if not path.exists():
         raise missing_file(path, key)
+    if not path.is_dir() and not path.is_file():  # reading a FIFO would wait forever for a writer
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket); point {key} at a data file")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; {task} reads a csv, tsv, jsonl or txt file; check {key}")
     if suffix == ".txt":

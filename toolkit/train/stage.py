@@ -177,6 +177,15 @@ def _onnx_base(recipe: Recipe, run: RunDir, emit: StageEmitter) -> None:
                         f"set [train] enabled = false to compress it as given")
     if not src.is_file():
         raise UserError(f"{src}: no such ONNX file; check model.source in the recipe")
+    try:
+        import onnx
+
+        onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not a model
+        from toolkit.errors import first_line
+
+        raise UserError(f"{src}: model.source is not an ONNX model ({first_line(e, 120)}); export one with "
+                        f"optimum-cli or torch.onnx.export") from None
     target = run.variant("base") / "model.onnx"
     atomic_write_bytes(target, src.read_bytes())
     Variant(name="base", parent=None, method="given", path=run.variant("base"), onnx=target,

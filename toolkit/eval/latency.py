@@ -188,6 +188,72 @@ def benchmark(
     _check_args(threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, runs=runs, seconds=seconds)
     if runs is None and seconds is None:
         runs = DEFAULT_RUNS
+    loaded = load_contender(model, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup,
+                            inputs=inputs, seed=seed, vocab_size=vocab_size, affinity=affinity, options=options,
+                            target=target)
+    try:
+        with loaded.runner.context():
+            samples = time_calls(loaded.runner.call, loaded.feeds, runs=runs, seconds=seconds)
+    finally:
+        loaded.close()
+    return loaded.result(samples)
+
+
+@dataclass
+class Loaded:
+    """A model loaded in its runner, warmed up, its inputs prepared: ready to be timed (alone or in rounds)."""
+
+    runner: Any
+    feeds: list
+    batches: Batches
+    model: Any
+    model_label: str
+    name: str
+    threads: int
+    warmup: int
+    load_ns: int
+    first_ns: int
+    import_ns: int
+    rss_before: int
+    affinity: list[int] | None
+    target: str | None
+    restore_affinity: Callable[[], None] | None = None
+    details: dict = field(default_factory=dict)
+    rss_growth: int = 0
+
+    def close(self) -> None:
+        """Release the runner (recording what it reports first) and undo the CPU pinning."""
+        if self.runner is None:
+            return
+        try:
+            self.details = {**self.runner.info(), "import_ms": self.import_ns / 1e6}
+        finally:
+            self.runner.close()
+            self.runner = None
+            self.rss_growth = _rss_bytes() - self.rss_before
+            if self.restore_affinity:
+                self.restore_affinity()
+
+    def result(self, samples: np.ndarray, **extra: Any) -> "LatencyResult":
+        stats = summarize(samples)
+        b = self.batches
+        return LatencyResult(
+            runtime=self.name, threads=self.threads, batch=b.batch, seq_len=b.seq_len, warmup=max(self.warmup, 1),
+            runs=int(samples.size), **stats, throughput=b.batch * 1000.0 / stats["mean_ms"],
+            duration_s=float(samples.sum()) / 1e9, load_ms=self.load_ns / 1e6, first_run_ms=self.first_ns / 1e6,
+            first_inference_ms=(self.load_ns + self.first_ns) / 1e6, peak_rss_mb=_peak_rss_bytes() / 2**20,
+            rss_growth_mb=self.rss_growth / 2**20, model_size_bytes=model_size(self.model), model=self.model_label,
+            inputs=b.kind, input_shapes=b.shapes, affinity=self.affinity, target=self.target,
+            details={**self.details, **extra}, samples_ns=samples)
+
+
+def load_contender(model: Any, *, runtime: str | None = None, threads: int | None = None, batch: int | None = None,
+                   seq_len: int | None = None, warmup: int = DEFAULT_WARMUP,
+                   inputs: Mapping[str, np.ndarray] | None = None, seed: int = 0, vocab_size: int | None = None,
+                   affinity: Sequence[int] | None = None, options: Mapping[str, Any] | None = None,
+                   target: str | None = None) -> Loaded:
+    """Load ``model`` in its runner (load timed), prepare its inputs, time the first run apart and warm it up: the
+    part of :func:`benchmark` before the timed runs. ``close()`` the result when done."""
     if isinstance(model, (str, os.PathLike)):
         require_file(model)  # before the extension: a missing file is the clearer message
     name = runtime or runtime_for(model)
@@ -199,51 +265,36 @@ def benchmark(
     if threads is None:
         threads = len(affinity) if affinity else _usable_cpus()
     runner = make_runner(name, threads, dict(options or {}))
-
     if not isinstance(model, (str, os.PathLike)) and not getattr(runner, "accepts_modules", False):
         raise UserError(f"runtime '{name}' takes a model file, not a {type(model).__name__} object")
     t0 = time.perf_counter_ns()
     runner.import_runtime(model)
     import_ns = time.perf_counter_ns() - t0
     restore_affinity = _pin(affinity) if affinity else None
+    rss_before = _rss_bytes()
     try:
-        rss_before = _rss_bytes()
-        try:
-            t0 = time.perf_counter_ns()
-            runner.load(model)
-            load_ns = time.perf_counter_ns() - t0
-            specs = runner.input_specs(inputs)
-            if inputs is not None:
-                batches = real_batches(specs, inputs, batch=batch, seq_len=seq_len, model=model_label)
-            else:
-                batches = synthetic_batch(specs, batch=batch, seq_len=seq_len, seed=seed, vocab_size=vocab_size,
-                                          model=model_label)
-            feeds = [runner.prepare(f) for f in batches.feeds]
-            with runner.context():
-                first_ns = _first_run(runner, feeds[0], batches, specs, model_label, vocab_size)
-                call = runner.call
-                for i in range(1, max(warmup, 1)):
-                    call(feeds[i % len(feeds)])
-                samples = time_calls(call, feeds, runs=runs, seconds=seconds)
-            details = {**runner.info(), "import_ms": import_ns / 1e6}
-        finally:
-            runner.close()
-        rss_growth = _rss_bytes() - rss_before
-    finally:
+        t0 = time.perf_counter_ns()
+        runner.load(model)
+        load_ns = time.perf_counter_ns() - t0
+        specs = runner.input_specs(inputs)
+        if inputs is not None:
+            batches = real_batches(specs, inputs, batch=batch, seq_len=seq_len, model=model_label)
+        else:
+            batches = synthetic_batch(specs, batch=batch, seq_len=seq_len, seed=seed, vocab_size=vocab_size,
+                                      model=model_label)
+        feeds = [runner.prepare(f) for f in batches.feeds]
+        with runner.context():
+            first_ns = _first_run(runner, feeds[0], batches, specs, model_label, vocab_size)
+            for i in range(1, max(warmup, 1)):
+                runner.call(feeds[i % len(feeds)])
+    except BaseException:
+        runner.close()
         if restore_affinity:
             restore_affinity()
-
-    stats = summarize(samples)
-    return LatencyResult(
-        runtime=name, threads=threads, batch=batches.batch, seq_len=batches.seq_len, warmup=max(warmup, 1),
-        runs=int(samples.size), **stats,
-        throughput=batches.batch * 1000.0 / stats["mean_ms"],
-        duration_s=float(samples.sum()) / 1e9,
-        load_ms=load_ns / 1e6, first_run_ms=first_ns / 1e6, first_inference_ms=(load_ns + first_ns) / 1e6,
-        peak_rss_mb=_peak_rss_bytes() / 2**20, rss_growth_mb=rss_growth / 2**20,
-        model_size_bytes=model_size(model), model=model_label, inputs=batches.kind,
-        input_shapes=batches.shapes, affinity=affinity, target=target, details=details, samples_ns=samples,
-    )
+        raise
+    return Loaded(runner=runner, feeds=feeds, batches=batches, model=model, model_label=model_label, name=name,
+                  threads=threads, warmup=warmup, load_ns=load_ns, first_ns=first_ns, import_ns=import_ns,
+                  rss_before=rss_before, affinity=affinity, target=target, restore_affinity=restore_affinity)
 
 
 def _first_run(runner: Runner, feed: Any, batches: Batches, specs: Sequence[InputSpec], model: str,

@@ -1,4 +1,4 @@
-"""Small modal dialogs: pick export formats; pick a model file and a target to benchmark."""
+"""Small modal dialogs: pick export formats; pick a model file and a target to benchmark; confirm an overwrite."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Select, SelectionList
+
+from tui.widgets import TickList
 
 
 class ExportDialog(ModalScreen[list[str] | None]):
@@ -22,8 +24,8 @@ class ExportDialog(ModalScreen[list[str] | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Export every variant to (space toggles):", classes="dialog-title")
-            yield SelectionList[str](*[(f + (" (exported)" if f in self.present else ""), f, f in self.present)
-                                      for f in self.formats], id="formats", compact=True)
+            yield TickList(*[(f + (" (exported)" if f in self.present else ""), f, f in self.present)
+                             for f in self.formats], id="formats", compact=True)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Export", variant="primary", id="ok", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
@@ -73,3 +75,32 @@ class BenchDialog(ModalScreen[tuple[Path, str] | None]):
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Asks a yes/no question; returns True only for an explicit yes (escape, n and Cancel say no).
+
+    Cancel has the focus, so a stray enter changes nothing."""
+
+    AUTO_FOCUS = "#cancel"
+    BINDINGS = [Binding("escape,n", "no", "Cancel"), Binding("y", "yes", "Yes")]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question, self.yes = question, yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, id="confirm-question", classes="dialog-title")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"{self.yes} (y)", variant="warning", id="ok", compact=True)
+                yield Button("Cancel (n)", id="cancel", compact=True)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "ok")
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)

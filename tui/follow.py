@@ -22,6 +22,8 @@ SIGNIFICANT = ("start", "progress", "done", "skip", "error", "interrupted")
 _STATE_OF = {"start": "running", "progress": "running", "done": "done", "skip": "skipped", "error": "failed",
              "interrupted": "interrupted"}
 FINISHED = ("done", "skipped", "failed", "interrupted")
+# A stage skipped (no work in the recipe, or unchanged since its last run) has nothing left to do: done.
+DONE = ("done", "skipped")
 
 
 class EventFollower:
@@ -215,6 +217,8 @@ class RunTracker:
                 st.step = st.total
         elif kind == "skip":
             st.detail = str(e.get("reason", ""))
+            # The stage list has room for "skipped" only; why (no work, or up to date) goes to the log.
+            self._log(t, stage, "info", f"skipped: {st.detail}" if st.detail else "skipped")
         elif kind == "error":
             self.last_error = st.detail = str(e.get("message", ""))
             self._log(t, stage, "error", self.last_error)
@@ -272,3 +276,30 @@ class RunTracker:
 
 def _int(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def shown_states(tracker: RunTracker, recorded: dict[str, str], run_state: str) -> list[tuple[str, str]]:
+    """(stage, state) as the run view shows them.
+
+    The newest attempt's events decide. While no process works on the run, a stage its events leave pending
+    takes the status the manifest recorded (``toolkit.session.stage_states``: a run whose events file is
+    gone or was started over still shows what is done); while one does, the events alone say what this
+    attempt has reached, so a stage it has yet to redo is not shown done. A stage whose events stop mid-way
+    with no process on it ended as the run did (failed, else interrupted).
+    """
+    live = run_state == "running"
+    out = []
+    for name, st in tracker.stages.items():
+        state = st.state
+        if state == "pending" and not live and recorded.get(name, "pending") != "pending":
+            state = recorded[name]
+        if state == "running" and not live:
+            state = "failed" if run_state == "failed" else "interrupted"
+        out.append((name, state))
+    return out
+
+
+def overall(states: list[tuple[str, str]]) -> tuple[int, int, int]:
+    """(stages done, of how many, how many of the done were skipped)."""
+    done = [s for _, s in states if s in DONE]
+    return len(done), len(states), sum(1 for s in done if s == "skipped")

@@ -4,7 +4,8 @@ The form edits a recipe file without rewriting it: each changed field becomes on
 CLI's own mechanism), so starting a session is ``python -m toolkit run RECIPE --set ...`` and the core's own
 checks (``recipe_from_dict``) validate exactly what will run. Paths in the form are relative to the current
 folder (what a terminal user types); relative paths in a recipe are relative to the recipe's folder, so they
-are shown converted and written back absolute (or, when saving, relative to the new file).
+are shown converted and written back absolute (or, when saving, relative to the new file). Saving edits the
+loaded file's TOML (tui.recipe_file), so its comments and layout stay.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toolkit.config import Recipe, dumps_toml, load_recipe, recipe_from_dict
+from toolkit.config import Recipe, dumps_toml, load_recipe, recipe_from_dict, with_absolute_paths
 from toolkit.errors import UserError
 
 # The compression steps the form offers, in the order a session applies them (DESIGN.md), with their main
@@ -41,13 +42,15 @@ class FormState:
     values: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     custom_steps: bool = False
+    text: str = ""  # the file as loaded: saving edits this text ("" = a new recipe, written plainly)
 
 
 def load_form(path: str | Path) -> FormState:
     """Read a recipe and the form's values. Raises UserError on a recipe the core refuses."""
     p = Path(path)
     recipe = load_recipe(p)
-    raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    text = p.read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
     base = recipe.base_dir()
     values = {
         "name": recipe.name, "task": recipe.task,
@@ -59,7 +62,7 @@ def load_form(path: str | Path) -> FormState:
         "export.formats": list(recipe.export.formats), "eval.targets": list(recipe.eval.targets),
     }
     steps, custom = split_steps(recipe.compress)
-    return FormState(path=p, raw=raw, recipe=recipe, values=values, steps=steps, custom_steps=custom)
+    return FormState(path=p, raw=raw, recipe=recipe, values=values, steps=steps, custom_steps=custom, text=text)
 
 
 def split_steps(compress: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any] | None], bool]:
@@ -190,11 +193,15 @@ def check(state: FormState, items: list[str]) -> Recipe:
     return recipe
 
 
-def save(state: FormState, items: list[str], dest: str | Path) -> Path:
-    """Write the recipe with ``items`` applied as a complete TOML file at ``dest``; paths stay valid there.
+class WouldOverwrite(UserError):
+    """The file to save exists and overwriting it was not confirmed."""
+
+
+def check_destination(dest: str | Path) -> Path:
+    """``dest`` as a Path, if a recipe may be saved there (a .toml file that is not a packaged recipe).
 
     Raises:
-        UserError: the recipe does not pass the core's checks, or ``dest`` is a packaged recipe.
+        UserError: it may not.
     """
     from toolkit.resources import packaged_recipes
 
@@ -203,16 +210,59 @@ def save(state: FormState, items: list[str], dest: str | Path) -> Path:
         raise UserError(f"{dest}: save the recipe as a .toml file")
     if dest.resolve() in {p.resolve() for p in packaged_recipes().values()}:
         raise UserError(f"{dest}: that is a packaged recipe; save under another file name")
+    return dest
+
+
+def save(state: FormState, items: list[str], dest: str | Path, overwrite: bool = False) -> Path:
+    """Write the recipe with ``items`` applied at ``dest``; paths stay valid there.
+
+    A recipe loaded from a file is written as that file with only the keys ``items`` set changed (comments
+    and layout kept); one without a file is written whole. Nothing is written unless the core accepts both
+    the recipe and the text about to be written.
+
+    Raises:
+        WouldOverwrite: ``dest`` exists and ``overwrite`` is False.
+        UserError: the core refuses the recipe, or ``dest`` is a packaged recipe or not a .toml file.
+    """
+    from toolkit.rundir import atomic_write_text
+    from tui.recipe_file import edited
+
+    dest = check_destination(dest)
     recipe = check(state, items)
+    if dest.exists() and not overwrite:
+        raise WouldOverwrite(f"{dest} exists; confirm to overwrite it")
     folder = dest.resolve().parent
+    if state.text:
+        text = edited(state.text, items, recipe, recipe.base_dir(), folder)
+    else:
+        plain = with_absolute_paths(recipe)
+        for key in PATH_FIELDS:
+            section, name = key.split(".")
+            obj = getattr(plain, section)
+            setattr(obj, name, _relative_to(getattr(obj, name), plain, folder))
+        text = dumps_toml(plain)
+    written = recipe_from_dict(tomllib.loads(text), str(dest))
+    written.source_path = str(dest.resolve())
+    if _comparable(written) != _comparable(recipe):
+        # The edit must mean what the core checked; a mismatch is a bug here, and writing would hide it.
+        raise UserError(f"{dest}: not saved: the edited file would not read back as the checked recipe")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, text)  # a crash mid-write never leaves a torn recipe where a good one was
+    return dest
+
+
+def _comparable(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a dict with its data/model paths absolute and normalised (written files name them
+    relative to another folder)."""
+    from toolkit.schema import to_dict
+
+    d = to_dict(with_absolute_paths(recipe))
     for key in PATH_FIELDS:
         section, name = key.split(".")
-        obj = getattr(recipe, section)
-        setattr(obj, name, _relative_to(getattr(obj, name), recipe, folder))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(dumps_toml(recipe), encoding="utf-8")
-    load_recipe(dest)  # what was written must load as it is
-    return dest
+        value = d[section][name]
+        d[section][name] = [os.path.normpath(v) for v in value] if isinstance(value, list) \
+            else os.path.normpath(value) if value and not value.startswith("builtin:") else value
+    return d
 
 
 def _relative_to(value: str | list[str], recipe: Recipe, folder: Path) -> str | list[str]:

@@ -53,6 +53,7 @@ class HomeScreen(Screen):
         yield Header()
         yield Static("Runs", classes="section-title")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="runs-legend", classes="hint")
         yield Static("Recipes", classes="section-title")
         yield DataTable(id="recipes", cursor_type="row")
         yield Static("", id="home-hint", classes="hint")
@@ -102,6 +103,7 @@ class HomeScreen(Screen):
               [(str(e.path), [Text(e.name), Text(e.task),
                               Text(e.description[:32] + ("…" if len(e.description) > 32 else ""), style="dim")])
                for e in recipes])
+        self.query_one("#runs-legend", Static).update(runs_legend(runs))
         if not runs:
             self.query_one("#home-hint", Static).update(
                 "No runs yet: pick a recipe below and press n (or o) to set up a session.")
@@ -171,6 +173,18 @@ class HomeScreen(Screen):
             return
         if self.app.resume_run(run.path) is not None:
             self.app.open_run(run.path, results=False)
+
+
+def runs_legend(runs: list[RunInfo]) -> Text:
+    """What the best column's entries mean, when a run has one (a '+N' only when one shows it)."""
+    if not any(r.best for r in runs):
+        return Text()
+    out = Text.assemble(("best:", "bold"), " the recommended variant @ the first target")
+    if any(r.best.rsplit(" ", 1)[-1].startswith("+") for r in runs if r.best):
+        out.append("; ")
+        out.append("+N", style="bold")
+        out.append(" other targets recommend another")
+    return out
 
 
 def _highlighted(table: DataTable, by_key: dict) -> object | None:

@@ -20,6 +20,7 @@ from textual.widgets import Checkbox, Footer, Header, Input, Label, Select, Sele
 
 from tui import form, runner
 from tui.form import STEP_SETTINGS, FormState
+from tui.widgets import TickBox, TickList
 
 PLAIN_FIELDS = {"name": "f-name", "model.source": "f-model-source", "data.train": "f-data-train",
                 "data.validation": "f-data-validation", "data.eval": "f-data-eval", "train.epochs": "f-epochs"}
@@ -39,7 +40,8 @@ class NewSessionScreen(Screen):
     AUTO_FOCUS = "#f-recipe"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", tooltip="Start the session with these settings"),
-        Binding("ctrl+s", "save", "Save TOML", tooltip="Write the recipe with these settings to 'save as'"),
+        Binding("ctrl+s", "save", "Save TOML",
+                tooltip="Write the recipe with these settings to 'save as' (asks before overwriting a file)"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
@@ -77,7 +79,7 @@ class NewSessionScreen(Screen):
             yield Label("Compression steps (applied in this order)", classes="section-title")
             yield Static("", id="f-custom-steps", classes="hint")
             for method, settings in STEP_SETTINGS.items():
-                widgets: list[Widget] = [Checkbox(method, id=f"step-{method}", classes="step-name", compact=True)]
+                widgets: list[Widget] = [TickBox(method, id=f"step-{method}", classes="step-name", compact=True)]
                 for key, kind, default, choices in settings:
                     widgets.append(Label(key, classes="form-label-in"))
                     if kind == "choice":
@@ -87,14 +89,14 @@ class NewSessionScreen(Screen):
                         shown = ", ".join(map(str, default)) if isinstance(default, list) else str(default)
                         widgets.append(Input(shown, id=f"s-{method}-{key}", classes="step-setting", compact=True))
                 yield Horizontal(*widgets, classes="form-row step-row")
-            yield _row("Export", *[Checkbox(f, id=f"fmt-{f}", classes="fmt", compact=True) for f in format_names()])
-            yield _row("Targets", SelectionList[str](id="f-targets", compact=True),
+            yield _row("Export", *[TickBox(f, id=f"fmt-{f}", classes="fmt", compact=True) for f in format_names()])
+            yield _row("Targets", TickList(id="f-targets", compact=True),
                        tooltip="latency is measured where reachable, else estimated")
             yield _row("Extra --set", Input(id="f-extra", placeholder="key=value … e.g. train.max_steps=20",
                                             compact=True),
                        tooltip="any recipe key, as on the command line: --set key=value")
             yield _row("Save as", Input(id="f-save", placeholder="recipes/<name>.toml", compact=True))
-            yield _row("Start over", Checkbox("clear the run directory first (--force)", id="f-force",
+            yield _row("Start over", TickBox("clear the run directory first (--force)", id="f-force",
                                               compact=True))
         yield Static("", id="f-check")
         yield Footer()
@@ -264,12 +266,44 @@ class NewSessionScreen(Screen):
     # ---- actions ---------------------------------------------------------------------------------------
 
     def action_save(self) -> None:
+        """Save as: the core checks the recipe first; an existing file is overwritten only when confirmed."""
         from toolkit.errors import UserError
+        from tui.dialogs import ConfirmDialog
 
         if self.state is None:
             return
         try:
-            path = form.save(self.state, self.collect(), self.query_one("#f-save", Input).value.strip())
+            items = self.collect()
+            dest = form.check_destination(self.query_one("#f-save", Input).value.strip())
+            form.check(self.state, items)
+        except UserError as e:
+            self._show_check(False, str(e))
+            return
+        if not dest.exists():
+            self._save(items, dest, overwrite=False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._save(items, dest, overwrite=True)
+            else:
+                self.notify(f"not saved: {dest} is unchanged", severity="warning")
+
+        question = f"{dest} exists. Overwrite it?"
+        try:
+            changed = dest.resolve() == self.state.path.resolve() \
+                and dest.read_text(encoding="utf-8") != self.state.text
+        except (OSError, UnicodeDecodeError):
+            changed = False  # unreadable: the plain question still asks before anything is written
+        if changed:
+            question = f"{dest} changed since the form read it; overwriting drops those changes. Overwrite it?"
+        self.app.push_screen(ConfirmDialog(question, yes="Overwrite"), answered)
+
+    def _save(self, items: list[str], dest: Path, overwrite: bool) -> None:
+        from toolkit.errors import UserError
+
+        try:
+            path = form.save(self.state, items, dest, overwrite=overwrite)
         except UserError as e:
             self._show_check(False, str(e))
             return

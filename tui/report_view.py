@@ -13,6 +13,9 @@ from rich.text import Text
 
 LOWER_IS_BETTER = {"perplexity", "loss"}
 ESTIMATED = "dim italic"
+# An exported file's check: verified (True), failed (False), not checked (None: skipped, or no runner here).
+FILE_MARKS = {True: ("✓", "green", "verified"), False: ("✗", "bold red", "check failed"),
+              None: ("?", "yellow", "not checked")}
 SHORT = {"accuracy": "acc", "f1_macro": "f1", "perplexity": "ppl", "auc_roc": "auc"}
 
 
@@ -120,6 +123,24 @@ def variants_table(report: dict[str, Any]) -> Table:
     return Table(columns, rows)
 
 
+# Every mark the variants table can show, what it means, and its style: the legend lists those shown.
+TABLE_MARKS = (("★", "recommended", "bold yellow"), ("~", "estimated, not measured", ESTIMATED),
+               ("!", "over its quality budget", "bold red"), ("✗", "an exported file failed its check", "bold red"),
+               ("—", "none", "dim"))
+
+
+def table_legend(data: Table) -> Text:
+    """One line naming each mark that appears in the table's cells (and nothing it does not show)."""
+    shown = " ".join(cell.plain for _, cells in data.rows for cell in cells)
+    out = Text()
+    for mark, meaning, style in TABLE_MARKS:
+        if mark in shown:
+            out.append("   " if out else "")
+            out.append(mark, style=style)
+            out.append(f" {meaning}", style="dim")
+    return out
+
+
 def pareto_points(report: dict[str, Any], target: str) -> tuple[list[tuple[str, float, float, bool]], list[str]]:
     """[(variant, p50 ms, main metric, estimated)] on ``target`` and the Pareto front's names (from report.json)."""
     metric, _ = main_metric(report)
@@ -204,10 +225,15 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
     if isinstance(v.get("params"), (int, float)):
         out.append(f"params {v['params']:,}   size {fmt_bytes(v.get('size_bytes'))}\n")
     for target, result in (bench or {}).items():
-        out.append(f"benchmarked here on {target}: ", style="bold cyan")
+        reached = result.get("reached", True)
+        out.append(f"benchmarked here on {target}: " if reached else f"benchmarked on this machine for {target}: ",
+                   style="bold cyan")
         out.append(f"p50 {fmt_ms(result.get('p50_ms'))}, p90 {fmt_ms(result.get('p90_ms'))}, "
-                   f"{result.get('threads', '?')} threads, {result.get('runtime', '?')} "
-                   f"({_rel(result.get('model', ''), run_dir)})\n")
+                   f"{result.get('threads', '?')} threads{'' if reached else f' ({target} has)'}, "
+                   f"{result.get('runtime', '?')} ({_rel(result.get('model', ''), run_dir)})\n")
+        if not reached:
+            source = ((v.get("latency") or {}).get(target) or {}).get("source")
+            out.append(f"  {not_reached(target, source)}\n", style="yellow")
     floats = info.get("layers_in_float")
     if info:
         out.append("what the step did\n", style="bold underline")
@@ -231,21 +257,29 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
             out.append(f"  ({conv})\n" if conv else "\n", style="dim")
     latency = v.get("latency") or {}
     if latency:
-        out.append("latency\n", style="bold underline")
+        out.append("latency", style="bold underline")
+        if any(lat.get("source") == "estimated" for lat in latency.values()):
+            out.append("  ~ estimated from the profile, not measured", style="dim")
+        out.append("\n")
         for target, lat in latency.items():
             est = lat.get("source") == "estimated"
             mark = "~" if est else ""
             out.append(f"  {target}: {mark}p50 {fmt_ms(lat.get('p50_ms'))} {mark}p90 {fmt_ms(lat.get('p90_ms'))} "
                        f"{mark}p99 {fmt_ms(lat.get('p99_ms'))}, {lat.get('threads', '?')} threads, "
                        f"{lat.get('runtime', '?')}, {lat.get('source', '?')}\n", style=ESTIMATED if est else "")
-    out.append("files\n", style="bold underline")
+    out.append("files", style="bold underline")
     export = _read_json(run_dir / "variants" / name / "export.json")
     files = (export or {}).get("files") or v.get("files") or []
+    states = {_check_state(f) for f in files}
+    for state, (mark, style, meaning) in FILE_MARKS.items():
+        if state in states:
+            out.append(f"  {mark}", style=style)
+            out.append(f" {meaning}", style="dim")
+    out.append("\n")
     if not files:
         out.append("  none exported yet\n", style="dim")
     for f in files:
-        ok = f.get("verified")
-        mark, style = ("✓", "green") if ok else ("✗", "bold red") if ok is False else ("?", "yellow")
+        mark, style, _ = FILE_MARKS[_check_state(f)]
         out.append(f"  {mark} ", style=style)
         out.append(f"{f.get('format', '?'):<11} {_rel(f.get('path', ''), run_dir)}  {fmt_bytes(f.get('size_bytes'))}")
         check = f.get("check") or {}
@@ -255,6 +289,20 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
             out.append(f"  {f['reason']}", style="red")
         out.append("\n")
     return out
+
+
+def _check_state(file: dict[str, Any]) -> bool | None:
+    ok = file.get("verified")
+    return ok if isinstance(ok, bool) else None
+
+
+def not_reached(target: str, report_source: str | None) -> str:
+    """What a benchmark "on" a target that was not reached means: `toolkit bench --target T` measures this
+    machine with T's thread count; the device itself is measured only where the eval stage reaches it."""
+    report = {"estimated": f"its latency in the report is estimated from the {target} profile",
+              "measured": "the report's latency for it was measured on the device"}.get(
+        str(report_source), f"the report has no latency for {target}")
+    return f"{target} itself was not reached; {report}"
 
 
 def _short(value: Any, limit: int = 160) -> str:

@@ -16,9 +16,9 @@ from textual_plotext import PlotextPlot
 
 from tui import runner
 from tui.dialogs import BenchDialog, ExportDialog
-from tui.report_view import (detail_text, main_metric, pareto_points, recommendation_text, targets_of,
-                             variant_files, variants_table)
-from tui.runs import load_report
+from tui.report_view import (detail_text, fmt_ms, main_metric, not_reached, pareto_points, recommendation_text,
+                             table_legend, targets_of, variant_files, variants_table)
+from tui.runs import read_report
 
 
 class ResultsScreen(Screen):
@@ -47,7 +47,9 @@ class ResultsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="results-summary", classes="hint")
-        yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True)
+        # The variant column stays put while the target columns scroll sideways (80 columns fit three targets).
+        yield DataTable(id="results-table", cursor_type="row", zebra_stripes=True, fixed_columns=1)
+        yield Static("", id="results-legend", classes="hint")
         with TabbedContent(id="results-tabs"):
             with TabPane("Detail", id="tab-detail"):
                 with VerticalScroll():
@@ -68,14 +70,21 @@ class ResultsScreen(Screen):
 
     @work(thread=True, exclusive=True, group="results-load")
     def _load(self) -> None:
-        report = load_report(self.run_dir)
-        self.app.call_from_thread(self._show, report)
+        report, problem = read_report(self.run_dir)
+        self.app.call_from_thread(self._show, report, problem)
 
-    def _show(self, report: dict[str, Any] | None) -> None:
+    def _show(self, report: dict[str, Any] | None, problem: str | None = None) -> None:
         self.report = report
         table = self.query_one("#results-table", DataTable)
         table.clear(columns=True)
         summary = self.query_one("#results-summary", Static)
+        legend = self.query_one("#results-legend", Static)
+        legend.update("")
+        if report is None and problem is not None:
+            summary.update(Text("report.json is torn or unreadable: how to rebuild it is below", style="bold red"))
+            self.query_one("#detail", Static).update(torn_report_text(self.run_dir, problem))
+            self.action_tab("tab-detail")
+            return
         if report is None:
             summary.update(Text(f"{self.run_dir}/report.json: not written yet (the session writes it at the end)",
                                 style="yellow"))
@@ -85,12 +94,12 @@ class ResultsScreen(Screen):
             table.add_column(label, key=f"c{i}")
         for name, cells in data.rows:
             table.add_row(*cells, key=name)
+        legend.update(table_legend(data))
         self.targets = targets_of(report)
         metric, higher = main_metric(report)
         summary.update(Text.assemble(
-            (f"{metric} {'↑' if higher else '↓'}", "bold"), " · p50 ms ×speed-up · ",
-            ("★", "bold yellow"), " recommended · ", ("~estimated", "dim italic"), " · ", ("!", "bold red"),
-            " over budget"))
+            (f"{metric} {'↑' if higher else '↓'}", "bold"), f" {'higher' if higher else 'lower'} is better · ",
+            ("targets:", "bold"), f" p50 ms ×speed-up vs {report.get('baseline', 'base')}"))
         self.query_one("#recommendation", Static).update(recommendation_text(report))
         self._render_detail()
         self._render_pareto()
@@ -140,8 +149,8 @@ class ResultsScreen(Screen):
             on_front = name in front
             plt.scatter([x], [y], marker="●" if on_front else "○", color="green" if on_front else "gray")
             plt.text(" " + name, x + 0.02 * dx, y, alignment="left", color="green" if on_front else "gray")
-        plt.title(f"{target}: {metric} vs p50 ms" + (" (~estimated)" if estimated else "")
-                  + " · ● Pareto front · [p] next")
+        plt.title(f"{target}: {metric} vs p50 ms" + (" ~estimated" if estimated else "")
+                  + " · ● Pareto front ○ other · p: next")
         plot.refresh()
 
     def action_next_target(self) -> None:
@@ -198,18 +207,26 @@ class ResultsScreen(Screen):
 
         try:
             result = runner.bench(model_file, target)
+            reached = runner.bench_reaches(target)
         except (UserError, OSError) as e:
             self.app.call_from_thread(self.notify, f"bench {name} on {target}: {e}", severity="error", timeout=10)
             return
         except Exception as e:  # a timeout or a broken child: say so, keep the UI
             self.app.call_from_thread(self.notify, f"bench failed: {e}", severity="error", timeout=10)
             return
-        self.app.call_from_thread(self._bench_done, name, target, result)
+        self.app.call_from_thread(self._bench_done, name, target, dict(result, reached=reached))
 
     def _bench_done(self, name: str, target: str, result: dict) -> None:
+        """``result``: the bench JSON plus ``reached``, whether the target itself ran it (else this machine)."""
         self.bench_results.setdefault(name, {})[target] = result
-        self.notify(f"{name} on {target}: p50 {result.get('p50_ms', float('nan')):.3g} ms "
-                    f"({result.get('runtime')}, {result.get('threads')} threads)", timeout=15)
+        p50, threads, rt = fmt_ms(result.get("p50_ms")), result.get("threads"), result.get("runtime")
+        if result["reached"]:
+            self.notify(f"{name} on {target}: p50 {p50} ({rt}, {threads} threads)", timeout=15)
+        else:
+            variant = next((v for v in (self.report or {}).get("variants", []) if v.get("name") == name), {})
+            source = ((variant.get("latency") or {}).get(target) or {}).get("source")
+            self.notify(f"{name}: p50 {p50} measured on this machine with {target}'s {threads} threads ({rt}); "
+                        f"{not_reached(target, source)}", severity="warning", timeout=20)
         self.action_tab("tab-detail")
         self._render_detail()
 
@@ -248,12 +265,10 @@ class ResultsScreen(Screen):
         self._load()
 
 
-def export_argv(run_dir: Path, formats: list[str]) -> list[str]:
-    """``python -m toolkit export RECIPE --out RUN --set export.formats=[...]`` for the run's own recipe
-    (the command that started it, when the UI knows it; else the run's resolved recipe.toml)."""
-    from tui.form import toml_literal
-
-    run_dir = Path(run_dir).resolve()  # a relative --out would be read against the recipe's folder
+def run_recipe(run_dir: Path) -> tuple[str, list[str]]:
+    """The run's own recipe and ``--set`` items: the command that started it, when the UI knows it; else the
+    run's resolved recipe.toml (which already holds every override)."""
+    run_dir = Path(run_dir).resolve()
     recipe: str = str(run_dir / "recipe.toml")
     overrides: list[str] = []
     saved = runner.saved_command(run_dir)
@@ -262,8 +277,42 @@ def export_argv(run_dir: Path, formats: list[str]) -> list[str]:
         if rest and not rest[0].startswith("--"):
             recipe = rest[0]
         overrides = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--set"]
+    return recipe, overrides
+
+
+def export_argv(run_dir: Path, formats: list[str]) -> list[str]:
+    """``python -m toolkit export RECIPE --out RUN --set export.formats=[...]`` for the run's own recipe."""
+    from tui.form import toml_literal
+
+    run_dir = Path(run_dir).resolve()  # a relative --out would be read against the recipe's folder
+    recipe, overrides = run_recipe(run_dir)
     overrides = [o for o in overrides if not o.startswith("export.formats=")]
     argv = runner.toolkit_argv("export", recipe, "--out", str(run_dir))
     for item in overrides + [f"export.formats={toml_literal(formats)}"]:
         argv += ["--set", item]
     return argv
+
+
+def rebuild_command(run_dir: Path) -> str:
+    """The shell command that writes report.json again: ``toolkit eval`` runs the eval stage, then the report."""
+    import shlex
+
+    from tui.home import shown_path
+
+    recipe, overrides = run_recipe(run_dir)
+    words = ["python", "-m", "toolkit", "eval", shown_path(Path(recipe)), "--out", shown_path(Path(run_dir))]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join(words)
+
+
+def torn_report_text(run_dir: Path, problem: str) -> Text:
+    """What the results screen shows for a report.json that exists but cannot be read."""
+    out = Text()
+    out.append("report.json ", style="bold red")
+    out.append(f"{problem}\n", style="red")
+    out.append("A process stopped while writing it, or the file was edited. The variants are still in the run "
+               "directory; this evaluates them again and rebuilds report.json and report.md:\n")
+    out.append(f"  {rebuild_command(run_dir)}\n", style="bold")
+    out.append("then f5 reads it again.", style="dim")
+    return out

@@ -21,7 +21,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from tui import runner
-from tui.follow import EventFollower, RunTracker
+from tui.follow import EventFollower, RunTracker, overall, shown_states
 from tui.home import state_text
 from tui.runs import run_state
 
@@ -31,6 +31,17 @@ STATE_EVERY_S = 1.0
 STAGE_MARK = {"pending": ("○", "dim"), "running": ("▶", "bold cyan"), "done": ("✓", "green"),
               "skipped": ("↷", "green"), "failed": ("✗", "bold red"), "interrupted": ("‖", "yellow")}
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "debug": "dim"}
+
+
+def recorded_states(run_dir: Path) -> dict[str, str]:
+    """Each stage's status as the manifest records it; {} when it cannot be read (no manifest yet, or torn)."""
+    from toolkit.rundir import RunDir
+    from toolkit.session import stage_states
+
+    try:
+        return stage_states(RunDir(run_dir))
+    except Exception:  # a torn or half-written manifest: the events still say what happened
+        return {}
 
 
 def fmt_duration(seconds: float) -> str:
@@ -53,15 +64,17 @@ class RunView(Screen):
     class Events(Message):
         """New events from the follower thread (already throttled)."""
 
-        def __init__(self, events: list[dict], restarted: bool, state: tuple[str, str] | None) -> None:
+        def __init__(self, events: list[dict], restarted: bool, state: tuple[str, str] | None,
+                     recorded: dict[str, str] | None = None) -> None:
             super().__init__()
-            self.events, self.restarted, self.state = events, restarted, state
+            self.events, self.restarted, self.state, self.recorded = events, restarted, state, recorded
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.tracker = RunTracker()
         self.state: tuple[str, str] = ("new", "")
+        self.recorded: dict[str, str] = {}  # each stage's status in the manifest (toolkit.session.stage_states)
         self._logs_written = 0
         self._plot_at = 0.0
         self._plot_dirty = False
@@ -104,13 +117,14 @@ class RunView(Screen):
             pending += events
             restarted = restarted or again
             now = time.monotonic()
-            state = None
+            state, recorded = None, None
             if now - last_state_at >= STATE_EVERY_S or events:
                 # Every second: the lock's heartbeat decides "running", so the state can change with no event.
                 last_state_at = now
                 state = run_state(self.run_dir)
+                recorded = recorded_states(self.run_dir)
             if (pending or restarted or state) and now - last_post >= POST_EVERY_S:
-                self.post_message(self.Events(pending, restarted, state))
+                self.post_message(self.Events(pending, restarted, state, recorded))
                 pending, restarted, last_post = [], False, now
             time.sleep(POST_EVERY_S)
 
@@ -120,6 +134,8 @@ class RunView(Screen):
             self.query_one("#log", RichLog).clear()
             self._logs_written = 0
         self.tracker.feed(message.events)
+        if message.recorded is not None:
+            self.recorded = message.recorded
         if message.state is not None:
             before = self.state[0]
             child = self.app.child_for(self.run_dir)
@@ -152,15 +168,10 @@ class RunView(Screen):
 
     def _render_stages(self) -> None:
         text = Text()
-        live = self.state[0] == "running"
-        for st in self.tracker.stages.values():
-            state = st.state
-            if state == "running" and not live:
-                # The events stop mid-stage but no process works on it: say how the run ended.
-                state = "failed" if self.state[0] == "failed" else "interrupted"
+        for name, state in shown_states(self.tracker, self.recorded, self.state[0]):
             mark, style = STAGE_MARK.get(state, ("?", ""))
             text.append(f"{mark} ", style=style)
-            text.append(f"{st.name:<9}", style="bold" if state == "running" else "")
+            text.append(f"{name:<9}", style="bold" if state == "running" else "")
             text.append(state, style=style)
             text.append("\n")
         self.query_one("#stages", Static).update(text)
@@ -173,11 +184,18 @@ class RunView(Screen):
         label = self.query_one("#progress-label", Static)
         eta = self.query_one("#eta", Static)
         if st is None:
-            finished = self.state[0] == "done"
-            label.update(Text("all stages finished" if finished else "starting…" if self.state[0] == "running"
-                              else self.state[0], style="bold"))
-            bar.update(total=1, progress=1 if finished else 0)
-            eta.update("")
+            if self.state[0] == "running":
+                label.update(Text("starting…", style="bold"))
+                bar.update(total=1, progress=0)
+                eta.update("")
+                return
+            # No stage to follow: count the stages done (a skipped one included), never assume the rest.
+            done, total, skipped = overall(shown_states(tr, self.recorded, self.state[0]))
+            label.update(Text(f"all {total} stages done" if done == total else f"{done}/{total} stages done",
+                              style="bold"))
+            bar.update(total=total or 1, progress=done)
+            parts = ([f"{total - done} not run"] if done < total else []) + ([f"{skipped} skipped"] if skipped else [])
+            eta.update(Text(", ".join(parts), style="dim"))  # why each was skipped: in the log
             return
         if not st.total:
             label.update(Text(f"{st.name} {st.detail}…", style="bold"))

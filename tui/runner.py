@@ -213,3 +213,22 @@ def describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by signal {-code}"
     return f"exit {code} ({EXIT_MEANING.get(code, 'error')})"
+
+
+def measures_on(target: Any) -> bool:
+    """Whether ``toolkit bench --target`` measures on the target (a device profile) itself: only when it is
+    this machine (host, or a profile reached as local). Any other profile lends its thread count and runtime
+    to a measurement made here."""
+    return target.name == "host" or target.reach.kind == "local"
+
+
+def bench_reaches(target: str) -> bool:
+    """``measures_on`` for a target named as ``toolkit bench --target`` takes it."""
+    if target == "host":
+        return True
+    try:
+        from toolkit.targets import load_target
+
+        return measures_on(load_target(target))
+    except Exception:  # an unknown name or a broken profile: nothing says it is this machine
+        return False

@@ -72,11 +72,24 @@ def run_state(path: Path, events: list[dict[str, Any]] | None = None) -> tuple[s
 
 def load_report(path: Path) -> dict[str, Any] | None:
     """report.json of a run directory, or None when absent or unreadable."""
+    return read_report(path)[0]
+
+
+def read_report(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(report, None); (None, None) when report.json is not there; (None, why) when it is there but cannot be
+    read (torn by a crash mid-write, edited by hand): the results screen says which, and how to rebuild it."""
+    file = Path(path) / "report.json"
     try:
-        data = json.loads((path / "report.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read: {e}"
+    except json.JSONDecodeError as e:
+        return None, f"torn or not JSON: {e}"
+    if not isinstance(data, dict):
+        return None, f"not a report: a JSON {type(data).__name__}, not an object"
+    return data, None
 
 
 def best_variant(report: dict[str, Any] | None) -> str:

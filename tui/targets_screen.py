@@ -20,6 +20,7 @@ from tui.report_view import fmt_ms
 
 CHECK_STYLE = {"reachable": "green", "unreachable": "bold red", "estimate only": "yellow"}
 CHECK_MARK = {"reachable": "✓", "unreachable": "✗", "estimate only": "~"}
+NOT_CHECKED = "·"
 
 
 def default_targets() -> list[Any]:
@@ -46,6 +47,7 @@ class TargetsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="targets-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="targets-legend", classes="hint")
         with VerticalScroll(id="target-detail-box"):
             yield Static("loading profiles…", id="target-detail")
         yield Footer()
@@ -76,12 +78,25 @@ class TargetsScreen(Screen):
         table.clear()
         for t in targets:
             table.add_row(*self._cells(t), key=t.name)
+        self._render_legend()
         self._render_detail()
+
+    def _render_legend(self) -> None:
+        """The cores column's two numbers, and each mark the ok column shows now."""
+        out = Text.assemble(("cores:", "bold"), " cores/threads   ", ("ok:", "bold"))
+        statuses = [self.checks[t.name].status if t.name in self.checks else None for t in self.targets]
+        if None in statuses:
+            out.append(f" {NOT_CHECKED} not checked (c checks)", style="dim")
+        for status, mark in CHECK_MARK.items():
+            if status in statuses:
+                out.append(f"  {mark}", style=CHECK_STYLE[status])
+                out.append(f" {status}")
+        self.query_one("#targets-legend", Static).update(out)
 
     def _cells(self, t: Any) -> list[Text]:
         check = self.checks.get(t.name)
         check_cell = Text(CHECK_MARK.get(check.status, "?"), style=CHECK_STYLE.get(check.status, "")) if check \
-            else Text("·", style="dim")
+            else Text(NOT_CHECKED, style="dim")
         return [Text(t.name, style="bold"), Text(f"{t.cores}/{t.threads}"), Text(t.runtime),
                 Text(t.int8.label), Text(t.reach.kind), check_cell]
 
@@ -126,7 +141,13 @@ class TargetsScreen(Screen):
             shown, r = self.bench[t.name]
             out.append("benchmark ", style="bold")
             out.append(f"{shown}: p50 {fmt_ms(r.get('p50_ms'))}, p90 {fmt_ms(r.get('p90_ms'))}, "
-                       f"{r.get('threads')} threads, {r.get('runtime')}\n")
+                       f"{r.get('threads')} threads, {r.get('runtime')}")
+            if runner.measures_on(t):
+                out.append(f", on {t.name}\n")
+            else:
+                out.append(f", measured on this machine with {t.name}'s threads\n")
+                out.append(f"  {t.name} itself was not reached; the report's latency for it is estimated unless "
+                           "the eval stage measured it there\n", style="yellow")
         box.update(out)
 
     # ---- reachability ----------------------------------------------------------------------------------
@@ -190,7 +211,14 @@ class TargetsScreen(Screen):
 
     def _benched(self, target: str, shown: str, result: dict) -> None:
         self.bench[target] = (shown, result)
-        self.notify(f"{shown} on {target}: p50 {fmt_ms(result.get('p50_ms'))}", timeout=8)
+        t = next((t for t in self.targets if t.name == target), None)
+        p50 = fmt_ms(result.get("p50_ms"))
+        if t is not None and runner.measures_on(t):
+            self.notify(f"{shown} on {target}: p50 {p50}", timeout=8)
+        else:
+            self.notify(f"{shown}: p50 {p50} on this machine with {target}'s {result.get('threads')} threads "
+                        f"({result.get('runtime')}); {target} itself was not reached", severity="warning",
+                        timeout=15)
         self._render_detail()
 
 

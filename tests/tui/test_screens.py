@@ -168,6 +168,10 @@ def test_targets_check_reach_in_a_worker(ui_home, fixture_targets, waiter) -> No
             status = {n: c.status for n, c in screen.checks.items()}
             assert status == {"bench-box": "reachable", "phone": "estimate only", "pi-lab": "unreachable"}
             assert str(table.get_row("pi-lab")[-1]) == "✗"
+            # The legend names the marks the ok column shows now (none is left unchecked).
+            legend = str(screen.query_one("#targets-legend").render())
+            assert "✓ reachable" in legend and "✗ unreachable" in legend and "~ estimate only" in legend
+            assert "not checked" not in legend
             table.focus()
             table.move_cursor(row=2)
             await pilot.pause(0.1)
@@ -226,7 +230,8 @@ def test_new_session_form_shows_the_cores_checks_and_saves(ui_home, tui_fixtures
             await waiter(pilot, lambda: "ready" in str(check.render()), what="ready")
             epochs = form.query_one("#f-epochs")
             epochs.value = "-1"
-            await waiter(pilot, lambda: "train.epochs = -1.0: must be >= 0" in str(check.render()), what="epochs")
+            await waiter(pilot, lambda: "train.epochs = -1.0: must be more than 0" in str(check.render()),
+                         what="epochs")
             epochs.value = "2"
             form.query_one("#f-name").value = "mine"
             await waiter(pilot, lambda: "--set train.epochs=2.0" in str(check.render()), what="override shown")

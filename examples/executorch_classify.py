@@ -3,8 +3,9 @@
     python examples/executorch_classify.py runs/sst2/variants/base "a gripping, well acted film"
     python examples/executorch_classify.py runs/demo/variants/base digit.png        # or a .npy of raw pixels
 
-The bundle folder holds model.pte, preprocess.json (task, max_length / image size and scale), labels.json and, for
-text, tokenizer.json. Needs numpy, executorch (which brings torch) and (text) tokenizers; (image files) Pillow.
+The bundle folder holds model.pte, preprocess.json (task, max_length / image size and scale, or the steps of a
+Hugging Face image processor), labels.json and, for text, tokenizer.json. Needs numpy, executorch (which brings torch)
+and (text) tokenizers; (images) Pillow and image_preprocess.py beside this file.
 A .pte stores no input names: the toolkit's programs take (input_ids, attention_mask) or (pixel_values). A program
 exported with static shapes gets its inputs right-padded (mask 0) to the sizes it was made for.
 Prints the label and its probability, tab-separated.
@@ -29,16 +30,10 @@ def text_inputs(bundle: Path, pre: dict, text: str) -> list:
 
 
 def image_inputs(pre: dict, path: str) -> list:
-    channels, (h, w) = pre.get("channels", 3), pre["image_size"]
-    if path.endswith(".npy"):  # raw pixels as the training data had them: apply the bundle's scale ("x/16")
-        img = np.load(path, allow_pickle=False).astype(np.float32) / float(pre.get("scale", "x/255").split("/")[-1])
-    else:  # an image file: 0..255 -> [0, 1]
-        from PIL import Image
+    """The image preprocessed as preprocess.json says (image_preprocess.py beside this file)."""
+    from image_preprocess import image_array
 
-        pil = Image.open(path).convert("L" if channels == 1 else "RGB").resize((w, h))
-        img = np.asarray(pil, dtype=np.float32) / 255.0
-    img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)  # (C, H, W)
-    return [img[None].astype(np.float32)]  # (1, C, H, W)
+    return [image_array(pre, path)]  # (1, C, H, W)
 
 
 def padded(method, arrays: list) -> list:

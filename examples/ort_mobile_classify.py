@@ -5,8 +5,10 @@
 
 A phone or board runs the same file in a reduced ONNX Runtime build made for it
 (build.py --minimal_build --include_ops_by_config model.required_operators.config, the config beside the model);
-the full onnxruntime wheel used here loads ORT-format files too. The bundle folder holds model.ort, preprocess.json (task, max_length / image size and scale), labels.json and,
-for text, tokenizer.json. Needs only numpy, onnxruntime and (text) tokenizers; (image files) Pillow.
+the full onnxruntime wheel used here loads ORT-format files too. The bundle folder holds model.ort, preprocess.json
+(task, max_length / image size and scale, or the steps of a Hugging Face image processor), labels.json and, for text,
+tokenizer.json. Needs only numpy, onnxruntime and (text) tokenizers; (images) Pillow and image_preprocess.py beside
+this file.
 Prints the label and its probability, tab-separated.
 """
 import json
@@ -28,16 +30,10 @@ def text_inputs(bundle: Path, pre: dict, text: str) -> dict:
 
 
 def image_inputs(pre: dict, path: str) -> dict:
-    channels, (h, w) = pre.get("channels", 3), pre["image_size"]
-    if path.endswith(".npy"):  # raw pixels as the training data had them: apply the bundle's scale ("x/16")
-        img = np.load(path, allow_pickle=False).astype(np.float32) / float(pre.get("scale", "x/255").split("/")[-1])
-    else:  # an image file: 0..255 -> [0, 1]
-        from PIL import Image
+    """The image preprocessed as preprocess.json says (image_preprocess.py beside this file)."""
+    from image_preprocess import image_array
 
-        pil = Image.open(path).convert("L" if channels == 1 else "RGB").resize((w, h))
-        img = np.asarray(pil, dtype=np.float32) / 255.0
-    img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)  # (C, H, W)
-    return {"pixel_values": img[None].astype(np.float32)}  # (1, C, H, W)
+    return {"pixel_values": image_array(pre, path)}  # (1, C, H, W)
 
 
 def main(bundle: str, given: str) -> None:

@@ -2,7 +2,6 @@
 file in tests/fixtures/errors/ and runs the command line as a user would."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -142,3 +142,56 @@ def output_name(session: Any, preferred: str = "logits") -> str:
 def logits(session: Any, batch: Mapping[str, Any], where: object = "the ONNX graph") -> np.ndarray:
     """The graph's logits (its first output when none is called so) for one batch, as float32."""
     return np.asarray(session.run([output_name(session)], feed(session, batch, where))[0], dtype=np.float32)
+
+
+def shift_right(labels: Any, start_id: int, pad_id: int) -> np.ndarray:
+    """Teacher forcing's decoder inputs: the labels moved one step right behind ``start_id``, the loss's ignore
+    index (-100) replaced by ``pad_id`` (what Hugging Face's seq2seq models do with ``labels``)."""
+    labels = np.asarray(labels.numpy() if hasattr(labels, "numpy") else labels).astype(np.int64)
+    shifted = np.concatenate([np.full_like(labels[:, :1], start_id), labels[:, :-1]], axis=1)
+    return np.where(shifted == -100, pad_id, shifted)
+
+
+def decoder_ids(config: Mapping[str, Any], where: object = "the model's config.json") -> tuple[int, int]:
+    """(decoder_start_token_id, pad_token_id) of an encoder-decoder's config, as its PyTorch model shifts labels:
+    the start id falls back to the pad id (as ``task.reference_batch`` does), the pad id to 0.
+
+    Raises:
+        UserError: the config has neither id (no decoder input can be built).
+    """
+    start, pad = config.get("decoder_start_token_id"), config.get("pad_token_id")
+    start = start if isinstance(start, int) else pad
+    if not isinstance(start, int):
+        raise UserError(f"{where}: no decoder_start_token_id (nor pad_token_id); set it to the id the decoder "
+                        f"starts from (the tokenizer's eos or pad id for BART/Marian/T5)")
+    return int(start), int(pad) if isinstance(pad, int) else 0
+
+
+def seq2seq_logits(encoder: Any, decoder: Any, batch: Mapping[str, Any], start_id: int, pad_id: int,
+                   where: object = "the seq2seq graphs") -> np.ndarray:
+    """An encoder-decoder's teacher-forced logits (B, T, V) through its two graphs, as float32.
+
+    The encoder turns ``input_ids``/``attention_mask`` into hidden states; the decoder (optimum's merged graph,
+    ``use_cache_branch`` False and an empty past, as on a first step) reads them with ``decoder_input_ids`` or,
+    without those, ``labels`` shifted right behind ``start_id``: one forward pass gives every target position's
+    logits, which is what the loss and perplexity of the PyTorch model are computed from.
+
+    Args:
+        encoder, decoder: sessions of ``encoder_model*.onnx`` and ``decoder_model*.onnx``.
+        start_id, pad_id: the config's ``decoder_start_token_id`` and ``pad_token_id``.
+
+    Raises:
+        UserError: a batch with neither decoder_input_ids nor labels, or inputs the graphs cannot take.
+    """
+    source = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+    if "decoder_input_ids" in batch:
+        dec_ids = np.asarray(batch["decoder_input_ids"]).astype(np.int64)
+    elif "labels" in batch:
+        dec_ids = shift_right(batch["labels"], start_id, pad_id)
+    else:
+        raise UserError(f"{where}: teacher forcing needs labels or decoder_input_ids in the batch")
+    hidden = encoder.run([output_name(encoder, "last_hidden_state")], feed(encoder, source, where))[0]
+    first = np.asarray(source["input_ids"])
+    mask = source.get("attention_mask", np.ones(first.shape, dtype=np.int64))
+    values = {"input_ids": dec_ids, "encoder_hidden_states": hidden, "encoder_attention_mask": mask}
+    return np.asarray(decoder.run([output_name(decoder)], feed(decoder, values, where))[0], dtype=np.float32)

@@ -34,11 +34,14 @@ def test_grayscale_and_colour_folders(make_recipe, write_images, tmp_path):
     assert 0.0 <= s.train[1]["image"].min() and s.train[1]["image"].max() <= 1.0
 
 
-def test_odd_sizes_are_resized_to_the_most_common_one(make_recipe, write_images, tmp_path):
-    root = write_images(tmp_path / "imgs", {"a": [gradient(8, 8), gradient(8, 8, 1)], "b": [gradient(8, 8, 2), gradient(4, 6)]})
+def test_images_keep_their_own_size_and_mode(make_recipe, write_images, tmp_path):
+    rgb = np.stack([gradient(5, 7), gradient(5, 7, 1), gradient(5, 7, 2)], axis=-1)
+    root = write_images(tmp_path / "imgs", {"a": [gradient(8, 8), gradient(8, 8, 1)], "b": [rgb, gradient(4, 6)]})
     s = load_splits(make_recipe(task="image-classification", **all_splits(root)))
-    assert {e["image"].shape for e in s.train} == {(8, 8)}
-    assert f"{root}: converted 1 images to 8x8 L (the training images' most common size and mode): b/1.png" in s.notes
+    assert sorted(e["image"].shape for e in s.train) == [(4, 6), (5, 7, 3), (8, 8), (8, 8)]
+    np.testing.assert_allclose(s.train[3]["image"], gradient(4, 6) / 255.0, atol=1e-7)  # b/1.png, untouched
+    assert (f"{root}: images come in 3 sizes/modes (most common 8x8 L); each is kept as it is and the model's "
+            f"preprocessing converts it") in s.notes
 
 
 def test_constant_images_are_dropped_and_named(make_recipe, write_images, tmp_path):

@@ -31,10 +31,15 @@ HEADS_TIED = Part("FFN neurons only: the config ties the head size to the width,
 NO_TRACE = No("torch.jit.trace fails on the decoder's mask code (ONNX, .ort and .pte work)")
 STATIC_PTE = Part("static shapes, no KV cache: each call recomputes the window")
 
+NO_DEPTHS = No("no per-stage block counts (depths) in its config: a fresh, narrower student works")
+CNN_LORA = No("not by default: a CNN's weights are convolutions (depthwise ones cannot take a low-rank update); "
+              "name plain convolutions in train.lora.target_modules, or train fully")
+
 ENCODER = {c: OK for c in CELLS} | {"generation": NA}
 DECODER = {c: OK for c in CELLS} | {"pte": STATIC_PTE}
-SEQ2SEQ = {c: OK for c in CELLS} | {"pte": STATIC_PTE,
-                                     "int8": No("encoder + decoder graphs: not yet"), "fp16": No("not yet")}
+SEQ2SEQ = {c: OK for c in CELLS} | {"pte": STATIC_PTE}
+VIT = {c: OK for c in CELLS} | {"generation": NA}
+CNN = VIT | {"lora": CNN_LORA}
 
 SUPPORT: dict[str, dict[str, object]] = {
     "bert": ENCODER,
@@ -55,7 +60,17 @@ SUPPORT: dict[str, dict[str, object]] = {
     "mbart": SEQ2SEQ | {"prune-structured": HEADS_TIED},
     "marian": SEQ2SEQ | {"prune-structured": HEADS_TIED},
     "t5": SEQ2SEQ,
+    "vit": VIT,
+    "deit": VIT,
+    "resnet": CNN,
+    "mobilenet_v2": CNN | {"distill-layers": NO_DEPTHS},
+    "convnext": CNN,
+    "efficientnet": CNN | {"distill-layers": NO_DEPTHS},
+    "mobilevit": CNN | {"distill-layers": NO_DEPTHS},
+    "regnet": CNN,
 }
+REFUSED_WITH = {NO_DEPTHS: "no per-stage block counts (depths)", CNN_LORA: "cannot take a low-rank update"}
+"""for a step cell marked No: the words its refusal (exit 2, before any work) must contain"""
 
 
 def status(cell: object) -> str:

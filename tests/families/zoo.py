@@ -1,16 +1,20 @@
-"""Tiny random models of many Hugging Face families, saved with ``save_pretrained`` beside a tokenizer trained here,
-and small slices of the shared data sets: what a user brings, at a size a test can train in seconds.
+"""Tiny random models of many Hugging Face families, saved with ``save_pretrained`` beside a tokenizer trained here
+(or, for image models, their image processor), and small slices of the shared data sets: what a user brings, at a
+size a test can train in seconds.
 
 No download: the tokenizers are trained with the toolkit's own ``train_tokenizer`` (the ``tokenizers`` library) on
-the data slice; each model's vocabulary and special token ids come from its tokenizer.
+the data slice; each model's vocabulary and special token ids come from its tokenizer. Image models are built from
+configs by ``tests/arch/vision_families.py``; their data are scikit-learn's digits written as 32x32 PNG folders.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+IMAGES = "image-classification"
 WIDTH, FFN, HEADS, LAYERS = 32, 64, 4, 2
 
 
@@ -19,7 +23,7 @@ class Family:
     name: str
     task: str
     tokenizer: str
-    """the toolkit tokenizer kind: bert | gpt2 | bart"""
+    """the toolkit tokenizer kind: bert | gpt2 | bart ("" for image models)"""
     config: Callable[[dict[str, int]], Any]
     """special token ids + vocab size -> the transformers config"""
     named: bool = True
@@ -91,17 +95,52 @@ def families() -> dict[str, Family]:
                                        num_attention_heads=h, ffn_dim=f, word_embed_proj_dim=w,
                                        max_position_embeddings=128, pad_token_id=ids["pad"],
                                        bos_token_id=ids["bos"], eos_token_id=ids["eos"]), named=False),
+        # vision: configs in tests/arch/vision_families.py
+        *(Family(name, IMAGES, "", lambda ids: None) for name in
+          ("vit", "deit", "resnet", "mobilenet_v2", "convnext", "efficientnet", "mobilevit")),
+        Family("regnet", IMAGES, "", lambda ids: None, named=False),
     ]
     return {fam.name: fam for fam in out}
 
 
+VISION_WIDER: dict[str, dict[str, Any]] = {
+    "vit": {"hidden_size": WIDTH, "intermediate_size": FFN}, "deit": {"hidden_size": WIDTH, "intermediate_size": FFN},
+    "resnet": {"hidden_sizes": [32, 64], "embedding_size": 16}, "regnet": {"hidden_sizes": [32, 64], "embedding_size": 16},
+    "convnext": {"hidden_sizes": [32, 64]},
+}
 AUTO = {"text-classification": "AutoModelForSequenceClassification", "language-modeling": "AutoModelForCausalLM",
         "seq2seq": "AutoModelForSeq2SeqLM"}
+
+
+def vision() -> Any:
+    """tests/arch/vision_families.py (imported by path: the test folders are not packages)."""
+    path = Path(__file__).resolve().parents[1] / "arch" / "vision_families.py"
+    spec = importlib.util.spec_from_file_location("vision_families", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def digit_folders(root: Path, rows: int) -> dict[str, Any]:
+    """scikit-learn's 8x8 digits of classes 0-4 as 32x32 PNGs in class folders, every other one RGB."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    picked = [(img, y) for img, y in zip(d.images, d.target) if y < 5][:rows]
+    for i, (img, y) in enumerate(picked):
+        im = Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        (root / str(y)).mkdir(exist_ok=True)
+        (im.convert("RGB") if i % 2 else im).save(root / str(y) / f"{i}.png")
+    return {"train": str(root), "split": [0.8, 0.1, 0.1]}
 
 
 def data_files(root: Path, task: str, rows: int = 300) -> dict[str, Any]:
     """A slice of the shared data for ``task`` written under ``root``: the recipe's [data] table."""
     root.mkdir(parents=True, exist_ok=True)
+    if task == IMAGES:
+        return digit_folders(root, rows)
     if task == "text-classification":
         lines = (SHARED / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
         (root / "train.tsv").write_text("\n".join(lines[: rows + 1]) + "\n", encoding="utf-8")
@@ -128,11 +167,16 @@ def texts_of(data: dict[str, Any]) -> list[str]:
 
 
 def build(family: Family, folder: Path, data: dict[str, Any], vocab: int = 400, seed: int = 0) -> Path:
-    """Save a tiny random model of ``family`` and its tokenizer into ``folder``."""
+    """Save a tiny random model of ``family`` and its tokenizer (or image processor) into ``folder``."""
     import torch
     import transformers
 
     from toolkit.models.tokenizer import train_tokenizer
+
+    if family.task == IMAGES:
+        # wider than tests/arch builds them: with a few thousand weights, INT8's scales outweigh its savings
+        wider = VISION_WIDER.get(family.name, {})
+        return vision().save_folder(family.name, folder, num_labels=5, seed=seed, **wider)
 
     tokenizer = train_tokenizer(texts_of(data), family.tokenizer, vocab)
     ids = {"vocab": len(tokenizer), "pad": tokenizer.pad_token_id,

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from toolkit.data.types import Splits
-from toolkit.errors import UserError
 from toolkit.tasks import get_task
 
 TASK = get_task("image-classification")
@@ -36,18 +35,27 @@ def test_rgb_images_build_a_three_channel_cnn(tmp_path, recipe_for, splits_for):
     assert x.shape == (3, 8, 8) and torch.equal(x[0], torch.from_numpy(splits.train[1]["image"][:, :, 0]))
 
 
-def test_images_of_different_sizes_are_a_user_error(tmp_path, recipe_for, splits_for):
+def test_images_of_another_size_are_resized_to_the_models_input(tmp_path, recipe_for, splits_for):
     splits = splits_for(TASK.name)
-    splits.validation[1] = {"image": np.zeros((10, 8), np.float32), "label": "left"}
-    with pytest.raises(UserError, match=r"validation image 1 is \(1, 10, 8\)"):
-        TASK.prepare(recipe_for(TASK.name), splits, tmp_path)
+    odd = np.zeros((10, 8), np.float32)
+    odd[:, :4] = 1.0  # bright left half, as the "left" class
+    splits.validation[1] = {"image": odd, "label": "left"}
+    p = TASK.prepare(recipe_for(TASK.name), splits, tmp_path)
+    x = p.val_set[1]["pixel_values"]
+    assert x.shape == (1, 8, 8)  # the most common training size, as the built-in CNN was made for
+    assert x[:, :, :3].min() > 0.9 and x[:, :, 5:].max() < 0.1  # resized, not cropped or padded
+    assert "validation: converted 1 images to 8x8 L (the model's input)" in p.info["notes"]
 
 
-def test_a_cnn_folder_with_other_channels_is_refused(tmp_path, recipe_for, splits_for):
+def test_a_cnn_folder_with_other_channels_converts_the_images(tmp_path, recipe_for, splits_for):
     p = TASK.prepare(recipe_for(TASK.name), splits_for(TASK.name, channels=3), tmp_path)
     p.save(p.model, tmp_path / "rgb")
-    with pytest.raises(UserError, match="takes 3-channel images, the data has 1"):
-        TASK.prepare(recipe_for(TASK.name, source=str(tmp_path / "rgb")), splits_for(TASK.name), tmp_path)
+    grey = splits_for(TASK.name)
+    q = TASK.prepare(recipe_for(TASK.name, source=str(tmp_path / "rgb")), grey, tmp_path)
+    x = q.train_set[0]["pixel_values"]
+    assert x.shape == (3, 8, 8)  # each grey value copied to R, G and B (within a byte's rounding)
+    for c in range(3):
+        assert torch.allclose(x[c], torch.from_numpy(grey.train[0]["image"]), atol=1 / 255)
 
 
 def test_preprocess_json_describes_the_input(tmp_path, recipe_for, splits_for):

@@ -6,7 +6,8 @@
     adapter.prune_groups(model, ["heads", "ffn"], kv_cache=False, notes=[])
 
 The adapters register themselves (``toolkit.registry.ADAPTERS``); the first that recognises a model answers for
-it. See ``base.py`` for the questions, ``transformer.py`` / ``cnn.py`` for the answers.
+it, adapters with a higher ``precedence`` asked first. See ``base.py`` for the questions, ``transformer.py`` /
+``cnn.py`` / ``convnet.py`` for the answers.
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def adapter_for(model: Any) -> Adapter:
     Raises:
         UserError: no adapter recognises it; the message names the family and what was looked for.
     """
-    for _, adapter in ADAPTERS.items():
+    # Higher precedence is asked first (a CNN adapter before the transformer adapter: hybrids such as MobileViT
+    # hold transformer layers inside a CNN); equal precedence keeps registration order.
+    for _, adapter in sorted(ADAPTERS.items(), key=lambda item: -getattr(item[1], "precedence", 0)):
         if adapter.matches(model):
             return adapter
     family = family_name(model) or type(model).__name__

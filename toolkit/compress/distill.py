@@ -43,7 +43,8 @@ class DistillConfig(FinetuneKeys):
                                      "builds a fresh model with that many layers; default: every other layer")
     hidden_size: int = setting(0, "width of a fresh student of the parent's family (same tokenizer)")
     heads: int = setting(0, "attention heads of a fresh student (default: the parent's, when they divide hidden_size)")
-    widths: list[int] = setting([], "CNN students: stem and block widths of a fresh EdgeCNN (default: half the parent's)")
+    widths: list[int] = setting([], "CNN students: the widths of a fresh, narrower CNN of the parent's family (the built-in: "
+                                  "stem and block widths; Hugging Face CNNs: one per stage); default: half the parent's")
     temperature: float = setting(2.0, "softmax temperature T of the distillation KL (scaled by T^2)")
     alpha: float = setting(0.5, "weight of the distillation KL; 1 - alpha weighs the labels' cross-entropy")
     hidden_weight: float = setting(0.0, "weight of hidden-state matching (MSE, TinyBERT); transformers only")
@@ -98,6 +99,10 @@ def build_student(step: DistillConfig, source: Any, teacher: Any, explicit_teach
     adapter = adapter_for(source)
     given = bool(step.layers) or bool(step.hidden_size) or bool(step.heads)
     if adapter.kind == "cnn":
+        if isinstance(step.layers, list) and step.layers and not (step.hidden_size or step.heads or step.widths):
+            # a CNN whose stages repeat blocks keeps the chosen blocks of each stage (the adapter refuses otherwise)
+            return adapter.drop_layers(source, step.layers, where), {"student": "layer-drop",
+                                                                     "layers_kept": step.layers}
         if given:
             raise UserError(f"{where}: CNN students are set with widths = [...] (layers/hidden_size/heads are for "
                             f"transformers)")

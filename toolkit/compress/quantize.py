@@ -19,9 +19,10 @@ CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 class QuantizeConfig(StepConfig):
     """[[compress]] method = "quantize": INT8 (ONNX Runtime, torchao PT2E, QAT)."""
 
-    scheme: str = setting("int8-dynamic", "int8-dynamic (ONNX Runtime; transformers) | int8-static (ONNX Runtime with "
-                     "calibration; CNNs) | qat (fake-quantized fine-tune, exported as ONNX QDQ) | pt2e (torchao PT2E "
-                     "+ XNNPACK quantizer, lowered to ExecuTorch .pte)")
+    scheme: str = setting("int8-dynamic", "int8-dynamic (ONNX Runtime; transformers, encoder-decoders included) | "
+                     "int8-static (ONNX Runtime with calibration; CNNs, single-graph models) | qat (fake-quantized "
+                     "fine-tune, exported as ONNX QDQ) | pt2e (torchao PT2E + XNNPACK quantizer, lowered to "
+                     "ExecuTorch .pte)")
     target: str = setting("host", "device profile whose INT8 format is produced (U8S8 + reduce_range on AVX2 without VNNI, "
                      "S8S8 QDQ on ARM)")
     calibration_samples: int = setting(128, "int8-static / pt2e: real training samples used to calibrate activation ranges")

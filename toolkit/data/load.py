@@ -20,7 +20,7 @@ from toolkit.errors import UserError
 
 SPLITS = ("train", "validation", "eval")
 CARVED = "carved from train"
-ImageTarget = tuple[tuple[int, int], str]  # the (width, height) and mode every image of a run is converted to
+ImageTarget = tuple[tuple[int, int], str]  # (width, height) and mode: builtin:digits' size, which image folders follow
 
 
 def load_splits(recipe: Recipe, log: Callable[[str], None] | None = None) -> Splits:

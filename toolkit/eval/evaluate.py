@@ -4,7 +4,7 @@
   :func:`toolkit.eval.metrics.classification_metrics` (+ per-group metrics, + robustness under perturbations);
 - language modelling: :func:`toolkit.eval.perplexity.perplexity`, token-weighted, sliding window;
 - seq2seq: :func:`toolkit.eval.generation.generate` (greedy or beam) → BLEU and chrF (sacrebleu), ROUGE
-  (rouge-score).
+  (rouge-score); the teacher-forced loss per target token (PyTorch, or an ONNX variant's two graphs).
 
 A variant with a PyTorch folder (``model_dir``) is evaluated in PyTorch; an ONNX-only variant (INT8) in ONNX Runtime;
 a classifier that is only an ExecuTorch program (PT2E INT8) in ExecuTorch. Inputs of the last two are encoded with the
@@ -51,6 +51,8 @@ class Encoding:
     """the PyTorch model, when the variant was evaluated in PyTorch (PyTorch eager latency)"""
     source: str = ""
     """the folder whose tokenizer/preprocessing encoded the inputs"""
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    """preprocess.json of that folder: how raw examples become the model's inputs (an image model's resize/crop)"""
 
 
 @dataclass
@@ -167,7 +169,7 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
         out = task.predict(prepared.model, prepared, prepared.eval_set, BATCH_SIZE, CPU)
         model, source, params = prepared.model, variant.model_dir, _count(prepared.model)
     elif runtime == "onnxruntime":
-        prepared, source = _onnx_classifier_inputs(recipe, task, variant, variants, splits, everything)
+        prepared, source = _onnx_inputs(recipe, task, variant, variants, splits, everything)
         from toolkit.eval.onnx_eval import classification_probs, onnx_params
         from toolkit.variants import graph_files
 
@@ -177,7 +179,7 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
     else:
         from toolkit.eval.onnx_eval import pte_classification_probs
 
-        prepared, source = _onnx_classifier_inputs(recipe, task, variant, variants, splits, everything)
+        prepared, source = _onnx_inputs(recipe, task, variant, variants, splits, everything)
         out = pte_classification_probs(Path(variant.path) / "model.pte", prepared.eval_set, prepared.collate,
                                        BATCH_SIZE)
         info = variant.info or {}
@@ -197,7 +199,7 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
         encoding=Encoding(task=task, examples=examples, tokenizer=getattr(prepared, "tokenizer", None),
                           max_length=int((prepared.preprocess or {}).get("max_length", recipe.data.max_length)),
                           pad_id=int((prepared.preprocess or {}).get("pad_token_id") or 0), model=model,
-                          source=str(source)))
+                          source=str(source), preprocess=dict(getattr(prepared, "preprocess", None) or {})))
     if recipe.data.group_column:
         groups = [ex.get("group") for ex in examples]
         if any(g is None for g in groups):
@@ -212,7 +214,7 @@ def _classification(recipe: Recipe, task: Any, variant: Any, variants: dict[str,
     return quality
 
 
-def _onnx_classifier_inputs(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], splits: Splits,
+def _onnx_inputs(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], splits: Splits,
                             examples: list[dict[str, Any]]) -> tuple[Any, str]:
     from types import SimpleNamespace
 
@@ -329,12 +331,9 @@ def _seq2seq(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], 
         model, tokenizer, source = prepared.model, prepared.tokenizer, Path(variant.model_dir)
         max_length = int(prepared.preprocess.get("max_length") or recipe.data.max_length)
         tf = task.evaluate(model, prepared, prepared.eval_set, BATCH_SIZE, CPU)
-        metrics["loss"] = tf["loss"]
-        conventions["loss"] = ("teacher-forced cross-entropy per target token (nats), token-weighted over the eval "
-                               f"targets ({tf['tokens']} tokens)")
         params, generator = _count(model), model
     else:
-        from toolkit.eval.onnx_eval import onnx_params, ort_seq2seq
+        from toolkit.eval.onnx_eval import onnx_params, ort_seq2seq, read_config, seq2seq_loss
         from toolkit.variants import graph_files, nearest_model_dir
 
         tokenizer, source, preprocess = _tokenizer_for(variant, variants)
@@ -344,7 +343,15 @@ def _seq2seq(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], 
             raise UserError(f"{variant.path}: a seq2seq ONNX variant needs encoder_model*.onnx and "
                             f"decoder_model*.onnx; found {sorted(p.name for p in graphs.values())}")
         generator = ort_seq2seq(graphs["encoder"], graphs["decoder"], nearest_model_dir(variant, variants))
+        # the same teacher-forced loss as PyTorch's, through both graphs, so an INT8 variant's loss compares
+        prepared, _ = _onnx_inputs(recipe, task, variant, variants, splits, examples)
+        config = read_config(Path(variant.path)) or read_config(source)
+        tf = seq2seq_loss(graphs["encoder"], graphs["decoder"], task, prepared.eval_set, prepared.collate, config,
+                          BATCH_SIZE)
         params, model = onnx_params(list(graphs.values())), None
+    metrics["loss"] = tf["loss"]
+    conventions["loss"] = ("teacher-forced cross-entropy per target token (nats), token-weighted over the eval "
+                           f"targets ({tf['tokens']} tokens)")
     hyps = generate(generator, tokenizer, sources, max_new_tokens=e.max_new_tokens, num_beams=e.num_beams,
                     batch_size=BATCH_SIZE, max_source_length=max_length)
     b, c, r = bleu(hyps, refs), chrf(hyps, refs), rouge(hyps, refs, use_stemmer=ROUGE_STEMMER)

@@ -4,7 +4,8 @@
 - language modelling: the decoder graph behind a callable that :func:`toolkit.eval.perplexity.perplexity` takes,
   fed without past (an empty KV cache, as ``toolkit/export/verify.py`` feeds a first step);
 - seq2seq: optimum's ``ORTModelForSeq2SeqLM`` over the encoder and merged-decoder graphs, wrapped so that
-  :func:`toolkit.eval.generation.generate` drives it exactly as it drives a PyTorch model.
+  :func:`toolkit.eval.generation.generate` drives it exactly as it drives a PyTorch model; the teacher-forced
+  loss through both graphs (:func:`seq2seq_loss`), as PyTorch's is computed.
 
 A variant with no PyTorch ancestor (an ``.onnx`` model source) is encoded by its task from the bundle files beside its
 graph (tokenizer, preprocess.json, labels.json; ``Task.encode_bundle``). A classifier that is only an ExecuTorch
@@ -130,6 +131,23 @@ def ort_seq2seq(encoder: Path, decoder: Path, config_dir: Path | None) -> _Gener
     model = ORTModelForSeq2SeqLM.from_pretrained(folder, config=config, encoder_file_name=Path(encoder).name,
                                                  local_files_only=True, **files, **kwargs)
     return _GenerateAdapter(model)
+
+
+def seq2seq_loss(encoder: Path, decoder: Path, task: Any, dataset: Sequence[Any],
+                 collate: Callable[[list[Any]], dict[str, Any]], config: dict[str, Any],
+                 batch_size: int) -> dict[str, float]:
+    """Teacher-forced loss and perplexity of an encoder-decoder's two graphs on encoded examples (labels shifted
+    right behind the config's decoder_start_token_id), token-weighted as ``task.evaluate`` computes them in PyTorch.
+
+    Returns: {"loss", "perplexity", "tokens"}.
+    """
+    enc, dec = onnxrt.open_session(encoder), onnxrt.open_session(decoder)
+    ids = onnxrt.decoder_ids(config, f"{Path(encoder).parent}/config.json")
+    pairs = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        pairs.append((onnxrt.seq2seq_logits(enc, dec, batch, *ids, decoder), batch))
+    return task.metric_from_logits(pairs)
 
 
 # --- bundle encoding (no PyTorch ancestor) -------------------------------------------------------------------

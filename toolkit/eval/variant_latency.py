@@ -90,7 +90,7 @@ def base_samples(enc: Encoding, batch: int, seq_len: int) -> dict[str, np.ndarra
     """Real eval samples as the task lays them out: {"input_ids", "attention_mask"} (N, seq_len) or
     {"pixel_values"} (N, C, H, W)."""
     n = max(batch, min(SAMPLES * batch, len(enc.examples)))
-    return enc.task.latency_samples(enc.tokenizer, enc.examples, n, seq_len, enc.pad_id)
+    return enc.task.latency_samples(enc.tokenizer, enc.examples, n, seq_len, enc.pad_id, preprocess=enc.preprocess)
 
 
 def onnx_samples(path: Path, base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

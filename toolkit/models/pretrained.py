@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+import toolkit.models.reshaped  # noqa: F401  (registers edge-reshaped with the Auto classes: pruned CNNs reload)
 from toolkit.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -130,9 +131,32 @@ def load_tokenizer(path: Path):
     return tok
 
 
+def load_image_processor(path: Path) -> Any:
+    """The image processor saved in a model folder (``AutoImageProcessor``: preprocessor_config.json).
+
+    Raises:
+        UserError: the folder has no preprocessor_config.json, or one that does not load.
+    """
+    from transformers import AutoImageProcessor
+
+    path = Path(path)
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        raise UserError(f"{path} has no preprocessor_config.json, which says how images are resized and normalised "
+                        f"for this model: save the image processor it was trained with beside it "
+                        f"(AutoImageProcessor.from_pretrained(<its hub name>).save_pretrained(folder))")
+    try:
+        return AutoImageProcessor.from_pretrained(path, use_fast=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise UserError(f"{file} does not load ({_first_line(e)}): save the image processor again "
+                        f"(image_processor.save_pretrained(folder))") from None
+
+
 def load_model(path: Path, auto_class: str, purpose: str, config_updates: dict[str, Any] | None = None,
                dropout: float | None = None, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a model folder with ``transformers.<auto_class>.from_pretrained``.
+    """Load a model folder with ``transformers.<auto_class>.from_pretrained``. A pruned CNN's folder
+    (model_type edge-reshaped, see ``toolkit.models.reshaped``) is rebuilt at its recorded sizes, then loaded
+    strictly from its safetensors.
 
     Args:
         path: the folder (checked with :func:`check_model_dir`).

@@ -141,8 +141,8 @@ class Task(Protocol):
         ...
 
     def latency_samples(self, tokenizer: Any, examples: list["Example"], n: int, seq_len: int,
-                        pad_id: int) -> dict[str, "np.ndarray"]:
-        """Real inputs for latency timing, one row per sample."""
+                        pad_id: int, preprocess: dict[str, Any] | None = None) -> dict[str, "np.ndarray"]:
+        """Real inputs for latency timing, one row per sample (``preprocess``: the variant's preprocess.json)."""
         ...
 
     def encode_bundle(self, folder: Path | None, max_length: int, labels: list[str],

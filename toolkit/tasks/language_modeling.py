@@ -102,7 +102,7 @@ class LanguageModeling:
         return text_reference(batch)
 
     def latency_samples(self, tokenizer: Any, examples: list[dict[str, Any]], n: int, seq_len: int,
-                        pad_id: int) -> dict[str, Any]:
+                        pad_id: int, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
         """Full windows of the eval text stream (real tokens, no padding)."""
         stream, _ = lm_stream(tokenizer, [str(ex["text"]) for ex in examples])
         rows = [stream[i:i + seq_len] for i in range(0, max(len(stream) - seq_len + 1, 1), seq_len)][:n]

@@ -89,7 +89,7 @@ class Seq2Seq:
         return out
 
     def latency_samples(self, tokenizer: Any, examples: list[dict[str, Any]], n: int, seq_len: int,
-                        pad_id: int) -> dict[str, Any]:
+                        pad_id: int, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
         """The sources (what the encoder graph, the one timed, reads)."""
         return tokenized_rows(tokenizer, [str(ex["source"]) for ex in examples], n, seq_len, pad_id)
 

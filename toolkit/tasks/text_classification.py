@@ -60,7 +60,7 @@ class TextClassification(Classifier):
         return text_reference(batch)
 
     def latency_samples(self, tokenizer: Any, examples: list[dict[str, Any]], n: int, seq_len: int,
-                        pad_id: int) -> dict[str, Any]:
+                        pad_id: int, preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
         return tokenized_rows(tokenizer, [str(ex["text"]) for ex in examples], n, seq_len, pad_id)
 
     def encode_bundle(self, folder: Path | None, max_length: int, labels: list[str],

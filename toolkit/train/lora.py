@@ -127,7 +127,13 @@ def apply_lora(recipe: Recipe, model: torch.nn.Module) -> tuple[torch.nn.Module,
                              modules_to_save=to_save or None,
                              fan_in_fan_out=any(is_conv1d(m) for m in model.modules()))  # GPT-2: weights (in, out)
     with seeded(recipe.seed):  # the adapters' initialisation depends only on the recipe's seed
-        wrapped = peft.get_peft_model(model, config)
+        try:
+            wrapped = peft.get_peft_model(model, config)
+        except (ValueError, TypeError, AttributeError) as e:  # peft's word for a layer it cannot adapt
+            from toolkit.errors import first_line
+
+            raise UserError(f"{file}: train.lora.target_modules = {targets}: peft cannot adapt them in this "
+                            f"{family} model ({first_line(e, 160)}); name plain Linear or Conv2d layers") from None
     trainable, total = wrapped.get_nb_trainable_parameters()
     adapted = sum(1 for m in wrapped.modules() if isinstance(m, peft.tuners.lora.LoraLayer))
     setup = LoraSetup(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, target_modules=targets, modules_to_save=to_save,

@@ -38,6 +38,50 @@ def parent_onnx(parent: Any, ctx: Any, work_dir: Path, opset: int | None = None)
     return result.files[0]
 
 
+GRAPH_FILES = {"model": "model.onnx", "encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
+"""the file a compressed graph of each role is written to: the names the export and eval stages look for
+(``toolkit.variants.graph_files``) and optimum's ORTModelForSeq2SeqLM loads"""
+
+
+def parent_graphs(parent: Any, ctx: Any, work_dir: Path, keep_unmerged: bool = False) -> dict[str, Path]:
+    """The parent's float ONNX graphs by role (``ctx.task.graphs``): ``{"model": ...}``, or an encoder-decoder's
+    ``{"encoder", "decoder"}`` (the merged decoder), from the parent's own files or an export of its model folder.
+
+    ``keep_unmerged``: an encoder-decoder's export also keeps optimum's ``decoder_model.onnx`` and
+    ``decoder_with_past_model.onnx`` beside the merged decoder (the FP16 converter needs graphs without If nodes).
+
+    Raises:
+        UserError: the parent has neither graphs nor a model folder to export them from.
+    """
+    from toolkit.variants import graph_files
+
+    roles = tuple(ctx.task.graphs)
+    if len(roles) == 1:
+        return {"model": parent_onnx(parent, ctx, work_dir)}
+    # a PyTorch parent's own graphs count only when its variant names them (its folder may hold older exports)
+    own = graph_files(Path(parent.path), roles, parent.onnx) if parent.onnx is not None or not parent.has_pytorch \
+        else {}
+    if set(own) == set(roles) and not (keep_unmerged and parent.has_pytorch):
+        return own  # an ONNX Runtime variant's graphs (the unmerged decoders, when wanted, may sit beside them)
+    if not parent.has_pytorch:
+        raise UserError(f"variant '{parent.name}' has no encoder_model.onnx + decoder_model*.onnx and no model folder "
+                        f"to export them from; set from = \"<a PyTorch or ONNX variant>\" on this step")
+    from toolkit.export.onnx import export_onnx
+
+    export_onnx(parent.model_dir, Path(work_dir), ctx.task, opset=ctx.recipe.export.opset, keep_unmerged=keep_unmerged)
+    found = graph_files(Path(work_dir), roles)
+    if set(found) != set(roles):
+        raise UserError(f"{parent.model_dir}: the ONNX export wrote {sorted(p.name for p in found.values())}, not an "
+                        f"encoder and a decoder graph")
+    return found
+
+
+def has_subgraphs(path_or_model: Any) -> bool:
+    """Whether a graph holds control flow (If/Loop/Scan) whose branches are graphs of their own: optimum's merged
+    decoder is one If node switching between the decoder without and with past."""
+    return any(True for _ in subgraphs(_graph(_model(path_or_model))))
+
+
 def copy_bundle(variant: Any, variants: dict[str, Any], out_dir: Path) -> list[Path]:
     """Tokenizer, labels.json and preprocess.json beside a compressed model (from the nearest model folder)."""
     from toolkit.export.bundle import copy_bundle_files
@@ -122,13 +166,47 @@ def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: 
 
 
 def op_counts(path_or_model: Any) -> dict[str, int]:
-    """Nodes per op type (sorted by count), top-level graph."""
+    """Nodes per op type (sorted by count), the nodes of If/Loop branches included (see :func:`nodes`)."""
+    counts = collections.Counter(n.op_type for n in nodes(_model(path_or_model)))
+    return dict(counts.most_common())
+
+
+def _model(path_or_model: Any) -> Any:
     import onnx
 
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else \
-        onnx.load(str(path_or_model), load_external_data=False)
-    counts = collections.Counter(n.op_type for n in model.graph.node)
-    return dict(counts.most_common())
+    if isinstance(path_or_model, (str, Path)):
+        return onnx.load(str(path_or_model), load_external_data=False)
+    return path_or_model
+
+
+def subgraphs(graph: Any) -> Iterator[Any]:
+    """The graphs held by a graph's nodes (If branches, Loop/Scan bodies), one level down."""
+    import onnx
+
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                yield from a.graphs
+
+
+def nodes(model: Any) -> Iterator[Any]:
+    """The graph's nodes, then those of its control-flow branches (graph by graph), each name once.
+
+    The two branches of optimum's merged decoder hold the same layers under the same node names (and the
+    quantizer's ``nodes_to_exclude`` matches names in every branch), so a name is one layer, counted once.
+    """
+    seen: set[str] = set()
+    stack = [_graph(model)]
+    while stack:
+        graph = stack.pop(0)
+        for n in graph.node:
+            if n.name and n.name in seen:
+                continue
+            seen.add(n.name)
+            yield n
+        stack.extend(subgraphs(graph))
 
 
 def onnx_params(path: Path | str) -> int:
@@ -143,8 +221,9 @@ def onnx_params(path: Path | str) -> int:
 
 SHAPE_OPS = {"Constant", "Shape", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Cast", "Identity", "Slice",
              "ConstantOfShape", "Expand", "Equal", "Where", "Range", "Flatten", "Transpose", "Not", "Less",
-             "Greater", "Gather"}
-"""ops that move or index data without arithmetic on it (only counted when a weight-free node stays float)"""
+             "Greater", "Gather", "If", "Loop", "Scan", "Trilu", "ScatterND"}
+"""ops that move or index data without arithmetic on it (only counted when a weight-free node stays float); control
+flow (a merged decoder's If) counts by the nodes of its branches"""
 WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "EmbedLayerNormalization", "Gather", "LSTM"}
 
 
@@ -154,14 +233,14 @@ def quantized_nodes(before: Any, after: Any, qdq: bool) -> set[str]:
     QOperator/dynamic graphs replace a quantized node (its name disappears); QDQ graphs keep it and feed it from
     DequantizeLinear nodes.
     """
-    before, after = _graph(before), _graph(after)
-    after_names = {n.name for n in after.node}
+    before, after = list(nodes(before)), list(nodes(after))
+    after_names = {n.name for n in after}
     if not qdq:
-        return {n.name for n in before.node if n.name and n.name not in after_names}
+        return {n.name for n in before if n.name and n.name not in after_names}
     # QDQ: activations after a quantized op (Relu, Clip) are absorbed into its range and disappear too
-    absorbed = {n.name for n in before.node if n.name and n.name not in after_names}
-    dq_outputs = {o for n in after.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return absorbed | {n.name for n in after.node
+    absorbed = {n.name for n in before if n.name and n.name not in after_names}
+    dq_outputs = {o for n in after if n.op_type == "DequantizeLinear" for o in n.output}
+    return absorbed | {n.name for n in after
             if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.name and any(i in dq_outputs for i in n.input)
             and n.op_type in WEIGHTED_OPS | {"Add", "Mul", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
                                              "Softmax", "Concat", "Sigmoid", "LeakyRelu", "Resize", "ArgMax"}}
@@ -173,9 +252,8 @@ def _graph(model: Any) -> Any:
 
 def count_types(model: Any, names: set[str]) -> dict[str, int]:
     """Op types of the named nodes, with counts."""
-    graph = _graph(model)
     counts: dict[str, int] = {}
-    for n in graph.node:
+    for n in nodes(model):
         if n.name in names:
             counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
@@ -183,10 +261,9 @@ def count_types(model: Any, names: set[str]) -> dict[str, int]:
 
 def float_op_types(model: Any, quantized: set[str]) -> dict[str, int]:
     """Arithmetic op types of the float graph with nodes left in float (shape/indexing ops left out)."""
-    graph = _graph(model)
-    init = {i.name for i in graph.initializer}
+    init = {i.name for i in _graph(model).initializer}
     counts: dict[str, int] = {}
-    for n in graph.node:
+    for n in nodes(model):
         if n.name in quantized:
             continue
         weighted_gather = n.op_type == "Gather" and n.input and n.input[0] in init
@@ -224,10 +301,9 @@ def node_groups(model: Any, quantized: set[str]) -> dict[str, list[str]]:
     Named by module path: exporters name nodes '/bert/encoder/layer.0/.../MatMul'; fused nodes ('Attention_0')
     are named by their weights ('bert.embeddings.word_embeddings.weight'), else join the layer that follows them.
     """
-    graph = _graph(model)
-    init = {i.name for i in graph.initializer}
+    init = {i.name for i in _graph(model).initializer}  # a merged decoder's branches share the top-level weights
     assigned: list[tuple[str, str | None]] = []
-    for n in graph.node:
+    for n in nodes(model):
         if n.name not in quantized:
             continue
         group = None

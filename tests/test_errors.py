@@ -126,3 +126,26 @@ def test_files_the_run_writes_follow_the_umask(trained):
     want = 0o666 & ~mask
     for rel in ("manifest.json", "recipe.toml", "variants/base/variant.json"):
         assert (trained / rel).stat().st_mode & 0o777 == want, rel
+
+
+def test_int8_steps_and_estimates_write_nothing_outside_the_run_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference saves sym_shape_infer_temp.onnx and uuid-named *.data files into the
+    working folder; the quantizers (through the transformer optimizer) and the latency estimator run it."""
+    import importlib.util
+
+    from toolkit.eval.estimate import estimate_latency
+    from toolkit.targets import load_target
+
+    spec = importlib.util.spec_from_file_location("kit", Path(__file__).parent / "compress" / "test_distill.py")
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    ctx, base = kit.make_base(tmp_path / "run", "language-modeling", train_steps=2)
+    for scheme in ("int8-dynamic", "int8-static"):
+        v = kit.run_step(ctx, base, {"method": "quantize", "scheme": scheme, "name": scheme, "calibration_samples": 8,
+                                     "max_accuracy_drop": 1.0})
+        estimate_latency(v.onnx, load_target("raspberry-pi-4"))
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    assert Path.cwd() == cwd

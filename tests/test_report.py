@@ -110,7 +110,7 @@ def test_write_report_files(tmp_path):
     # One row per variant; estimated/measured labelled once per target column; marks explained.
     for name in ("base", "student", "pruned", "int8"):
         assert md.count(f"| `{name}` |") == 1
-    assert "host p50 (measured)" in md and "raspberry-pi-4 p50 (estimated)" in md
+    assert "host latency (measured)" in md and "raspberry-pi-4 latency (estimated)" in md
     assert "**host**: ship `int8`" in md and "4.00× the baseline's speed" in md
     assert "1.000 ms · 4.00× ◆★" in md
     assert "drop +0.0150 is over the budget 0.01" in md  # pruned flagged

@@ -115,6 +115,11 @@ class LatencyConfig:
     seq_len: int = setting(64, "sequence length of the timed inputs (text models)")
     warmup: int = setting(20, "untimed runs first")
     runs: int = setting(200, "timed runs")
+    rounds: int = setting(10, "host: the runs are timed in this many interleaved rounds, every variant in each round "
+                          "(the order rotated), so background load lands on all variants alike")
+    budget_s: float = setting(20.0, "host: while a figure is noisy (its round medians spread over 10 % of their "
+                              "median) or other processes take CPU, extra rounds run until this many seconds of "
+                              "timing (at most 4x rounds); 0 = no extra rounds")
     threads: int = setting(0, "threads (0 = the target profile's)")
     new_tokens: int = setting(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
                              "EOS ignored; time to first token and tokens/s (0 = off)")
@@ -305,6 +310,8 @@ def validate(recipe: Recipe, file: str) -> None:
         ("eval.latency.seq_len", e.latency.seq_len, e.latency.seq_len >= 1, "must be at least 1"),
         ("eval.latency.warmup", e.latency.warmup, e.latency.warmup >= 0, "must be >= 0"),
         ("eval.latency.runs", e.latency.runs, e.latency.runs >= 1, "must be at least 1"),
+        ("eval.latency.rounds", e.latency.rounds, e.latency.rounds >= 1, "must be at least 1"),
+        ("eval.latency.budget_s", e.latency.budget_s, e.latency.budget_s >= 0, "must be >= 0 (0 = no extra rounds)"),
         ("eval.latency.threads", e.latency.threads, e.latency.threads >= 0, "must be >= 0"),
         ("eval.latency.new_tokens", e.latency.new_tokens, e.latency.new_tokens >= 0, "must be >= 0 (0 = off)"),
         ("eval.latency.generation_runs", e.latency.generation_runs, e.latency.generation_runs >= 1,

@@ -6,9 +6,14 @@ loads or fails in one stage does the same in every other, with the same message.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +25,28 @@ NP_TYPES: dict[str, Any] = {
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }
 """ONNX Runtime's input type names -> numpy dtypes"""
+
+_CWD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def scratch_cwd() -> Iterator[Path]:
+    """Run ONNX Runtime's tools inside a temporary working folder, removed afterwards (also on failure).
+
+    Its symbolic shape inference (called by the transformer optimizer, the quantizers and the latency estimator)
+    saves ``sym_shape_infer_temp.onnx`` and uuid-named ``*.data`` weight files into the *current* folder whenever a
+    shape stays unknown, and never removes them; a run must write nothing outside its run directory. Paths given
+    to the tools inside must be absolute. The working folder is the process's, so callers are serialised.
+    """
+    with _CWD_LOCK:
+        before = os.getcwd()
+        folder = Path(tempfile.mkdtemp(prefix="toolkit-ort-"))
+        os.chdir(folder)
+        try:
+            yield folder
+        finally:
+            os.chdir(before)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str | None = None,

@@ -10,9 +10,13 @@ Decisions, per target:
 - **quality drop** vs the baseline, in the main metric's terms: accuracy in absolute fractions; BLEU in
   points/100; perplexity as the relative increase. A variant is ``within_budget`` when its drop is at most
   ``[eval] max_quality_drop``.
-- **Pareto front**: the variants no other variant beats on both quality and p50 latency on that target.
-- **recommendation**: the fastest (p50) variant that is within budget, fits the device's model-size/memory
+- **latency** compared: ``median_ms`` (the median of the host's interleaved rounds' medians) where the host timed
+  it so, else p50 (a device's runner, an estimate) — :func:`latency_ms`.
+- **Pareto front**: the variants no other variant beats on both quality and latency on that target.
+- **recommendation**: the fastest variant that is within budget, fits the device's model-size/memory
   budget and has no failed export verification; null (and a plain sentence in report.md) when none does.
+  ``recommendation_noise`` says when its lead over the runner-up is within the noise (their spreads overlap, or a
+  figure is unstable).
 """
 from __future__ import annotations
 
@@ -226,20 +230,20 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
         row["speedup"], row["fit"] = {}, {}
         for t in targets:
             lat, base_lat = row["latency"].get(t), (base or {}).get("latency", {}).get(t)
-            if lat and base_lat and lat.get("p50_ms") and base_lat.get("p50_ms"):
-                row["speedup"][t] = base_lat["p50_ms"] / lat["p50_ms"]
+            if latency_ms(lat) and latency_ms(base_lat):
+                row["speedup"][t] = latency_ms(base_lat) / latency_ms(lat)
             fit = _fit(row["size_bytes"], lat, profiles.get(t))
             if fit is not None:
                 row["fit"][t] = fit
         row["size_ratio"] = (row["size_bytes"] / base["size_bytes"]
                              if base and row["size_bytes"] and base.get("size_bytes") else None)
-    pareto, recommendation, reasons = {}, {}, {}
+    pareto, recommendation, reasons, noise = {}, {}, {}, {}
     for t in targets:
-        points = [(r["name"], float(r["metrics"][metric.name]), float(r["latency"][t]["p50_ms"])) for r in rows
-                  if isinstance(r["metrics"].get(metric.name), (int, float))
-                  and isinstance((r["latency"].get(t) or {}).get("p50_ms"), (int, float))]
+        points = [(r["name"], float(r["metrics"][metric.name]), latency_ms(r["latency"].get(t))) for r in rows
+                  if isinstance(r["metrics"].get(metric.name), (int, float)) and latency_ms(r["latency"].get(t))]
         pareto[t] = pareto_front(points, metric.higher_is_better)
         recommendation[t], reasons[t] = _recommend(rows, t, metric)
+        noise[t] = _within_noise(rows, recommendation[t], t, metric)
     return {
         "schema_version": REPORT_SCHEMA, "run": recipe.name, "task": recipe.task,
         "baseline": base["name"] if base else None, "variants": rows, "pareto": pareto,
@@ -248,15 +252,20 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
                         "baseline": base_value, "max_quality_drop": budget, "definition": metric.describe(),
                         "secondary": get_task(recipe.task).secondary_metric},
         "no_recommendation": {t: why for t, why in reasons.items() if why},
+        "recommendation_noise": {t: why for t, why in noise.items() if why},
         "targets": {t: _target_summary(profiles.get(t)) for t in targets},
         "conventions": {
-            "speedup": "baseline p50 / variant p50 on the same target (>1: faster than the baseline)",
+            "speedup": "baseline latency / variant latency on the same target (>1: faster than the baseline); "
+                       "latency = median_ms (the median of interleaved rounds' medians) where measured so, else p50",
             "size_ratio": "variant size_bytes / baseline size_bytes (<1: smaller)",
             "size_bytes": "the ONNX file(s) of the variant, else the model files compression or eval measured",
             "quality_drop": metric.describe(),
-            "pareto": "variants that no other variant beats on both the main metric and p50 latency",
-            "recommendation": "the fastest (p50) variant within max_quality_drop of the baseline that fits the "
+            "pareto": "variants that no other variant beats on both the main metric and latency",
+            "recommendation": "the fastest variant within max_quality_drop of the baseline that fits the "
                               "target's [budget] and has no failed export verification",
+            "recommendation_noise": "said when the recommended variant's latency spread (interquartile range of its "
+                                    "round medians) overlaps the runner-up's, or either figure is unstable: the "
+                                    "choice between them is within the measurement's noise",
             "fit": "model file size (MiB) vs [budget] max_model_mb; measured memory vs max_memory_mb where known",
         },
         "verification": manifest.get("verification", {}),
@@ -265,25 +274,59 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
     }
 
 
-def _recommend(rows: list[dict], target: str, metric: MainMetric) -> tuple[str | None, str | None]:
-    """(the fastest eligible variant, None) or (None, why none is eligible)."""
-    timed = [r for r in rows if isinstance((r["latency"].get(target) or {}).get("p50_ms"), (int, float))]
+def latency_ms(lat: dict[str, Any] | None) -> float | None:
+    """The figure a variant's latency on a target is compared by: the median of the interleaved rounds' medians
+    where the host timed it so (``median_ms``), else p50 (a device's runner, an estimate)."""
+    if not lat:
+        return None
+    for key in ("median_ms", "p50_ms"):
+        if isinstance(lat.get(key), (int, float)) and lat[key] > 0:
+            return float(lat[key])
+    return None
+
+
+def _eligible(rows: list[dict], target: str, metric: MainMetric) -> tuple[list[dict], str | None]:
+    """(variants the recommendation may choose, fastest first, or [] and why none)."""
+    timed = [r for r in rows if latency_ms(r["latency"].get(target))]
     if not timed:
-        return None, f"no variant has a latency for {target}"
+        return [], f"no variant has a latency for {target}"
     if not any(r["within_budget"] is not None for r in rows):
-        return None, f"the baseline has no {metric.name} to compare against"
+        return [], f"the baseline has no {metric.name} to compare against"
     within = [r for r in timed if r["within_budget"]]
     if not within:
-        return None, f"no variant with a latency for {target} is within the quality budget"
+        return [], f"no variant with a latency for {target} is within the quality budget"
     fitting = [r for r in within if (r["fit"].get(target) or {"fits": True})["fits"]]
     if not fitting:
-        return None, f"every variant within the quality budget is over {target}'s model-size or memory budget"
+        return [], f"every variant within the quality budget is over {target}'s model-size or memory budget"
     verified = [r for r in fitting if not r["verification_failed"]]
     if not verified:
-        return None, "every variant within budget that fits failed an export verification"
+        return [], "every variant within budget that fits failed an export verification"
     sign = -1 if metric.higher_is_better else 1
-    best = min(verified, key=lambda r: (r["latency"][target]["p50_ms"], sign * r["metrics"][metric.name]))
-    return best["name"], None
+    return sorted(verified, key=lambda r: (latency_ms(r["latency"][target]), sign * r["metrics"][metric.name])), None
+
+
+def _recommend(rows: list[dict], target: str, metric: MainMetric) -> tuple[str | None, str | None]:
+    """(the fastest eligible variant, None) or (None, why none is eligible)."""
+    ranked, why = _eligible(rows, target, metric)
+    return (ranked[0]["name"], None) if ranked else (None, why)
+
+
+def _within_noise(rows: list[dict], chosen: str | None, target: str, metric: MainMetric) -> str | None:
+    """A sentence when the recommendation's lead over the runner-up is within the measurement's noise."""
+    ranked, _ = _eligible(rows, target, metric)
+    if chosen is None or len(ranked) < 2:
+        return None
+    best, second = ranked[0]["latency"][target], ranked[1]["latency"][target]
+    a, b = latency_ms(best), latency_ms(second)
+    name = ranked[1]["name"]
+    if best.get("stable") is False or second.get("stable") is False:
+        return (f"{chosen} ({a:.3g} ms) vs runner-up {name} ({b:.3g} ms): a figure is unstable (its round medians "
+                f"spread over 10 %); the choice between them is within the noise")
+    lo, hi = best.get("spread_ms"), second.get("spread_ms")
+    if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == 2 and lo[1] >= hi[0]:
+        return (f"{chosen} ({a:.3g} ms, IQR {lo[0]:.3g}-{lo[1]:.3g}) vs runner-up {name} ({b:.3g} ms, IQR "
+                f"{hi[0]:.3g}-{hi[1]:.3g}): their spreads overlap, so the choice between them is within the noise")
+    return None
 
 
 def _target_summary(profile: Any) -> dict[str, Any]:

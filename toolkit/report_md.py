@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from toolkit.report import LOWER_IS_BETTER, METRIC_ORDER
+from toolkit.report import LOWER_IS_BETTER, METRIC_ORDER, latency_ms
 
 PARETO_MARK = "◆"
 RECOMMENDED_MARK = "★"
 NO_FIT_MARK = "⚠"
+UNSTABLE_MARK = "(unstable)"
 
 
 POINT_SCALE = {"bleu", "chrf"}  # sacrebleu's 0-100 scale
@@ -78,7 +79,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for t in targets:
         sources = latency_sources(report, t)
         label = f" ({sources.pop()})" if len(sources) == 1 else ""
-        header.append(f"{t} p50{label}")
+        header.append(f"{t} latency{label}")
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join("---" for _ in header) + "|")
     for v in variants:
@@ -91,7 +92,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             cells.append(_latency_cell(report, v, t))
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"{PARETO_MARK} on the quality–latency Pareto front of that target; {RECOMMENDED_MARK} recommended "
-            f"for it; {NO_FIT_MARK} over the target's model-size/memory budget. A latency cell shows p50 and the "
+            f"for it; {NO_FIT_MARK} over the target's model-size/memory budget. A latency cell shows the median of the "
+            f"host's interleaved rounds with their interquartile range in brackets (elsewhere: p50), "
+            f"{UNSTABLE_MARK} when that range is over 10 % of the median after the extra rounds, and the "
             f"speed-up against the baseline; its label says whether it was measured on the device or estimated.", ""]
     out += _generation(variants)
     out += _conventions(report, names)
@@ -123,9 +126,14 @@ def _generation(variants: list[dict[str, Any]]) -> list[str]:
 
 def _latency_cell(report: dict[str, Any], v: dict[str, Any], t: str) -> str:
     lat = v["latency"].get(t)
-    if not lat or not isinstance(lat.get("p50_ms"), (int, float)):
+    shown = latency_ms(lat)
+    if shown is None:
         return "—"
-    cell = ms(lat["p50_ms"])
+    cell = ms(shown)
+    if isinstance(lat.get("spread_ms"), list) and len(lat["spread_ms"]) == 2:
+        cell += f" [{ms(lat['spread_ms'][0])}–{ms(lat['spread_ms'][1])}]"
+    if lat.get("stable") is False:
+        cell += f" {UNSTABLE_MARK}"
     if len(latency_sources(report, t)) > 1:
         cell += f" ({lat.get('source', '?')})"
     if v["speedup"].get(t):
@@ -150,12 +158,15 @@ def _recommendation_sentence(report: dict[str, Any], t: str) -> str:
     v = next(x for x in report["variants"] if x["name"] == name)
     lat = v["latency"][t]
     source = lat.get("source", "unknown")
-    text = f"**{t}**: ship `{name}` — p50 {ms(lat['p50_ms'])} ({source}"
+    label = "median" if isinstance(lat.get("median_ms"), (int, float)) else "p50"
+    text = f"**{t}**: ship `{name}` — {label} {ms(latency_ms(lat))} ({source}"
     if lat.get("runtime"):
         text += f", {lat['runtime']}"
     text += ")"
+    noise = (report.get("recommendation_noise") or {}).get(t)
+    tail = f" Within the noise: {noise}." if noise else ""
     if name == report["baseline"]:
-        return text + "; no compressed variant is faster within the quality budget."
+        return text + "; no compressed variant is faster within the quality budget." + tail
     speed = v["speedup"].get(t)
     if speed:
         text += f", {speed:.2f}× the baseline's speed"
@@ -163,7 +174,7 @@ def _recommendation_sentence(report: dict[str, Any], t: str) -> str:
         text += f", {v['size_ratio']:.2f}× its size"
     return text + (f"; {mm['name']} {num(v['metrics'].get(mm['name']), mm['name'])} vs "
                    f"{num(mm['baseline'], mm['name'])} "
-                   f"(drop {v['quality_drop']:+.4f}, budget {mm['max_quality_drop']:g}).")
+                   f"(drop {v['quality_drop']:+.4f}, budget {mm['max_quality_drop']:g}).") + tail
 
 
 def _conventions(report: dict[str, Any], names: list[str]) -> list[str]:

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.text import Text
 
+from toolkit.report import latency_ms
+
 LOWER_IS_BETTER = {"perplexity", "loss"}
 ESTIMATED = "dim italic"
 # An exported file's check: verified (True), failed (False), not checked (None: skipped, or no runner here).
@@ -66,18 +68,22 @@ def fmt_ms(ms: Any) -> str:
 
 def latency_cell(lat: dict[str, Any] | None, base: dict[str, Any] | None, recommended: bool,
                  unit: bool = False) -> Text:
-    """'★ 1.23 ×2.1' (p50 in ms, speed-up vs the baseline) — estimated: '~1.23 ×2.1' in dim italic."""
-    if not lat or not isinstance(lat.get("p50_ms"), (int, float)):
+    """'★ 1.23 ×2.1' (latency in ms — the median of the host's interleaved rounds, else p50 — and the speed-up vs
+    the baseline); estimated: '~1.23 ×2.1' in dim italic; unstable (rounds spread over 10 %): '1.23? ×2.1'."""
+    value = latency_ms(lat)
+    if value is None:
         return Text("—", style="dim")
     estimated = lat.get("source") == "estimated"
     text = Text()
     if recommended:
         text.append("★ ", style="bold yellow")
-    p50 = lat["p50_ms"]
-    shown = fmt_ms(p50) if unit else fmt_ms(p50).removesuffix(" ms")
+    shown = fmt_ms(value) if unit else fmt_ms(value).removesuffix(" ms")
     text.append(("~" if estimated else "") + shown, style=ESTIMATED if estimated else "")
-    if base and isinstance(base.get("p50_ms"), (int, float)) and p50 > 0:
-        text.append(f" ×{base['p50_ms'] / p50:.1f}", style=ESTIMATED if estimated else "bold")
+    if lat.get("stable") is False:
+        text.append("?", style="yellow")
+    base_value = latency_ms(base)
+    if base_value:
+        text.append(f" ×{base_value / value:.1f}", style=ESTIMATED if estimated else "bold")
     return text
 
 
@@ -125,6 +131,7 @@ def variants_table(report: dict[str, Any]) -> Table:
 
 # Every mark the variants table can show, what it means, and its style: the legend lists those shown.
 TABLE_MARKS = (("★", "recommended", "bold yellow"), ("~", "estimated, not measured", ESTIMATED),
+               ("?", "unstable: its timing rounds spread over 10 % (busy machine)", "yellow"),
                ("!", "over its quality budget", "bold red"), ("✗", "an exported file failed its check", "bold red"),
                ("—", "none", "dim"))
 
@@ -148,8 +155,8 @@ def pareto_points(report: dict[str, Any], target: str) -> tuple[list[tuple[str, 
     for v in report.get("variants", []):
         lat = (v.get("latency") or {}).get(target) or {}
         value = (v.get("metrics") or {}).get(metric)
-        if isinstance(lat.get("p50_ms"), (int, float)) and isinstance(value, (int, float)):
-            points.append((str(v["name"]), float(lat["p50_ms"]), float(value), lat.get("source") == "estimated"))
+        if latency_ms(lat) is not None and isinstance(value, (int, float)):
+            points.append((str(v["name"]), latency_ms(lat), float(value), lat.get("source") == "estimated"))
     front = [str(n) for n in (report.get("pareto") or {}).get(target, [])]
     return points, front
 
@@ -179,12 +186,16 @@ def recommendation_text(report: dict[str, Any]) -> Text:
         out.append_text(latency_cell((v.get("latency") or {}).get(target), (base.get("latency") or {}).get(target),
                                      False, unit=True))
         out.append("\n")
+        noise = (report.get("recommendation_noise") or {}).get(target)
+        if noise:
+            out.append(f"  within the noise: {noise}\n", style="yellow")
     pareto = report.get("pareto") or {}
     if pareto:
-        out.append("\nPareto front (quality vs p50 latency):\n", style="bold")
+        out.append("\nPareto front (quality vs latency):\n", style="bold")
         for target, names in pareto.items():
             out.append(f"  {target}: {', '.join(names) or '—'}\n")
-    out.append("\n★ recommended   ~ italic: estimated latency   ! over its quality budget   ✗ export check failed",
+    out.append("\n★ recommended   ~ italic: estimated latency   ? unstable timing   ! over its quality budget   "
+               "✗ export check failed",
                style="dim")
     return out
 
@@ -264,6 +275,12 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
         for target, lat in latency.items():
             est = lat.get("source") == "estimated"
             mark = "~" if est else ""
+            if isinstance(lat.get("median_ms"), (int, float)):
+                spread = lat.get("spread_ms") or ["?", "?"]
+                out.append(f"  {target}: median {fmt_ms(lat['median_ms'])} (IQR {fmt_ms(spread[0])}–"
+                           f"{fmt_ms(spread[1])}, {lat.get('rounds', '?')} rounds"
+                           f"{', unstable' if lat.get('stable') is False else ''})\n",
+                           style="yellow" if lat.get("stable") is False else "")
             out.append(f"  {target}: {mark}p50 {fmt_ms(lat.get('p50_ms'))} {mark}p90 {fmt_ms(lat.get('p90_ms'))} "
                        f"{mark}p99 {fmt_ms(lat.get('p99_ms'))}, {lat.get('threads', '?')} threads, "
                        f"{lat.get('runtime', '?')}, {lat.get('source', '?')}\n", style=ESTIMATED if est else "")

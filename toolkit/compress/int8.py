@@ -236,7 +236,9 @@ class _Quantizer:
                  reader: _CalibrationReader | None):
         from toolkit.compress._shared.graphs import has_subgraphs
 
-        self.src, self.work, self.step, self.fmt, self.op_types, self.reader = src, work, step, fmt, op_types, reader
+        # absolute: the quantizers run in a scratch working folder (toolkit.onnxrt.scratch_cwd)
+        self.src, self.work = Path(src).absolute(), Path(work).absolute()
+        self.step, self.fmt, self.op_types, self.reader = step, fmt, op_types, reader
         self.made: dict[frozenset, Path] = {}
         self.work.mkdir(parents=True, exist_ok=True)
         # optimum's merged decoder is one If node: its layers are in the branches, which ONNX Runtime quantizes only
@@ -254,7 +256,9 @@ class _Quantizer:
         nodes = sorted(set(self.step.nodes_to_exclude) | excluded | set(self.keep_float))
         extra = {"DefaultTensorType": onnx.TensorProto.FLOAT, "EnableSubgraph": self.subgraphs}
         weight = QuantType.QInt8 if self.fmt["weight"] == "int8" else QuantType.QUInt8
-        with quiet_ort_logging():
+        from toolkit.onnxrt import scratch_cwd
+
+        with quiet_ort_logging(), scratch_cwd():
             if self.reader is None:
                 quantize_dynamic(self.src, out, op_types_to_quantize=self.op_types, per_channel=self.fmt["per_channel"],
                                  reduce_range=self.fmt["reduce_range"], weight_type=weight, nodes_to_exclude=nodes,

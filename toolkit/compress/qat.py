@@ -311,15 +311,19 @@ def _quantize(src: Path, dst: Path, reader: _Reader, fmt: dict[str, Any], overri
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs a 'consider pre-processing' warning on the root logger every call
+    from toolkit.onnxrt import scratch_cwd
+
     try:
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-                        per_channel=bool(fmt.get("per_channel", True)), reduce_range=bool(fmt.get("reduce_range")),
-                        activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                        calibrate_method=CalibrationMethod.MinMax,
-                        # MatMul/Gemm outputs stay float (ORT runs MatMulIntegerToFloat), as in training
-                        extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
-                                       "ActivationSymmetric": False,
-                                       "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]})
+        with scratch_cwd():  # ORT's shape inference leaves files in the working folder
+            quantize_static(str(Path(src).absolute()), str(Path(dst).absolute()), reader,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+                            per_channel=bool(fmt.get("per_channel", True)), reduce_range=bool(fmt.get("reduce_range")),
+                            activation_type=act, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            # MatMul/Gemm outputs stay float (ORT runs MatMulIntegerToFloat), as in training
+                            extra_options={"TensorQuantOverrides": overrides, "WeightSymmetric": True,
+                                           "ActivationSymmetric": False,
+                                           "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]})
     finally:
         root.setLevel(level)
     _float_side_inputs(dst)

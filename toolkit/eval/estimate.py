@@ -115,7 +115,10 @@ def _infer(model):
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+        from toolkit.onnxrt import scratch_cwd
+
+        with scratch_cwd():  # it leaves files in the working folder when a shape stays unknown
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
     except Exception:  # symbolic inference gives up on some graphs; the plain one still types most values
         import onnx
 

@@ -90,51 +90,56 @@ def unstable(round_medians: Sequence[float]) -> bool:
     return (q3 - q1) > UNSTABLE_SPREAD * med
 
 
-def time_interleaved(loaded: dict[str, Loaded], runs: int, budget_s: float = 10.0,
-                     min_rounds: int = MIN_ROUNDS) -> dict[str, LatencyResult]:
+def time_interleaved(loaded: dict[str, Loaded], runs: int, budget_s: float = 10.0, min_rounds: int = MIN_ROUNDS,
+                     max_rounds: int | None = None) -> dict[str, LatencyResult]:
     """Time every loaded contender in interleaved rounds; returns each one's LatencyResult with ``median_ms``,
-    ``spread_ms``, ``rounds``, ``stable`` and the machine's ``interference`` in its details.
+    ``spread_ms``, ``rounds``, ``stable`` and the machine's ``interference`` in its details. Every contender is
+    closed on return, also on failure.
 
     Args:
         loaded: name -> a contender from :func:`toolkit.eval.latency.load_contender` (warmed up).
-        runs: timed calls per contender in the first ``min_rounds`` rounds (at least one call per round).
+        runs: timed calls per contender over the first ``min_rounds`` rounds (at least one call per round).
         budget_s: while any figure is unstable (or other processes took CPU), further rounds run until this many
-            seconds of timing have passed in all.
+            seconds of timing have passed in all (0: none).
+        max_rounds: at most this many rounds in all (default 4 x ``min_rounds``).
     """
     names = list(loaded)
     rounds = max(1, min(min_rounds, runs))
+    limit = max(rounds, max_rounds if max_rounds is not None else 4 * rounds)
     block = max(1, -(-runs // rounds))
     samples: dict[str, list[np.ndarray]] = {n: [] for n in names}
     medians: dict[str, list[float]] = {n: [] for n in names}
-    watch = Watch()
-    started = time.perf_counter()
+    try:
+        watch = Watch()
+        started = time.perf_counter()
 
-    def one_round(r: int) -> None:
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]  # rotate: nobody always follows the same contender
-            c = loaded[name]
-            with c.runner.context():
-                got = time_calls(c.runner.call, c.feeds, runs=block)
-            samples[name].append(got)
-            medians[name].append(float(np.median(got)) / 1e6)
-        watch.sample()
+        def one_round(r: int) -> None:
+            for i in range(len(names)):
+                name = names[(r + i) % len(names)]  # rotate: nobody always follows the same contender
+                c = loaded[name]
+                with c.runner.context():
+                    got = time_calls(c.runner.call, c.feeds, runs=block)
+                samples[name].append(got)
+                medians[name].append(float(np.median(got)) / 1e6)
+            watch.sample()
 
-    r = 0
-    for r in range(rounds):
-        one_round(r)
-    # noisy: more rounds while the budget lasts (the noise, not the models, is what varies between rounds)
-    while (any(unstable(medians[n]) for n in names) or watch.other_cpus() > BUSY_CPUS) and \
-            time.perf_counter() - started < budget_s:
-        r += 1
-        one_round(r)
-    interference = watch.summary()
+        done = 0
+        while done < rounds:
+            one_round(done)
+            done += 1
+        # noisy: more rounds while the budget lasts (the noise, not the models, is what varies between rounds)
+        while done < limit and time.perf_counter() - started < budget_s and \
+                (any(unstable(medians[n]) for n in names) or watch.other_cpus() > BUSY_CPUS):
+            one_round(done)
+            done += 1
+        interference = watch.summary()
+    finally:
+        for c in loaded.values():
+            c.close(alone=False)
     out = {}
     for name in names:
-        c = loaded[name]
-        c.close()
         med, q1, q3 = spread(medians[name])
-        noisy = unstable(medians[name])
-        out[name] = c.result(np.concatenate(samples[name]), interference=interference)
+        out[name] = loaded[name].result(np.concatenate(samples[name]), interference=interference)
         out[name].details.update(median_ms=med, spread_ms=[q1, q3], rounds=len(medians[name]),
-                                 stable=not noisy, block_runs=block)
+                                 stable=not unstable(medians[name]), block_runs=block)
     return out

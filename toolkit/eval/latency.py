@@ -221,8 +221,10 @@ class Loaded:
     details: dict = field(default_factory=dict)
     rss_growth: int = 0
 
-    def close(self) -> None:
-        """Release the runner (recording what it reports first) and undo the CPU pinning."""
+    def close(self, alone: bool = True) -> None:
+        """Release the runner (recording what it reports first) and undo the CPU pinning. ``alone``: this was the
+        only model loaded since it was, so the memory growth until now is its own (else the growth measured when
+        it was loaded and warmed up stands)."""
         if self.runner is None:
             return
         try:
@@ -230,7 +232,8 @@ class Loaded:
         finally:
             self.runner.close()
             self.runner = None
-            self.rss_growth = _rss_bytes() - self.rss_before
+            if alone:
+                self.rss_growth = _rss_bytes() - self.rss_before
             if self.restore_affinity:
                 self.restore_affinity()
 
@@ -294,7 +297,8 @@ def load_contender(model: Any, *, runtime: str | None = None, threads: int | Non
         raise
     return Loaded(runner=runner, feeds=feeds, batches=batches, model=model, model_label=model_label, name=name,
                   threads=threads, warmup=warmup, load_ns=load_ns, first_ns=first_ns, import_ns=import_ns,
-                  rss_before=rss_before, affinity=affinity, target=target, restore_affinity=restore_affinity)
+                  rss_before=rss_before, affinity=affinity, target=target, restore_affinity=restore_affinity,
+                  rss_growth=_rss_bytes() - rss_before)
 
 
 def _first_run(runner: Runner, feed: Any, batches: Batches, specs: Sequence[InputSpec], model: str,

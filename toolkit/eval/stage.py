@@ -2,7 +2,9 @@
 
 For each variant (``variants/<name>/variant.json``): quality (:mod:`toolkit.eval.evaluate`), parameters, size and
 latency per ``[eval] targets`` (:mod:`toolkit.eval.variant_latency`) go into ``variants/<name>/eval.json``
-(DESIGN.md field names), entered in the manifest. The report stage (``toolkit.report``) reads them.
+(DESIGN.md field names), entered in the manifest. The report stage (``toolkit.report``) reads them. Quality comes
+first for every variant; then the host times all of them together, in interleaved rounds, so that load on the
+machine lands on every variant alike.
 """
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
     splits = load_splits(recipe, log=emit.log)
     results: dict[str, dict] = {}
     failed: list[UserError] = []
+    evaluated: dict[str, tuple[Any, Any, float]] = {}
     for i, (name, variant) in enumerate(selected.items()):
         emit("progress", step=i, total=len(selected), variant=name)
         t0 = time.perf_counter()
@@ -116,10 +119,14 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
             (variant.path / "eval.json").unlink(missing_ok=True)  # an older evaluation would be stale now
             failed.append(e)
             continue
+        evaluated[name] = (variant, quality, time.perf_counter() - t0)
+    # the host times every variant together, in interleaved rounds: load on the machine lands on all alike
+    host = _HostLatency(recipe, evaluated, targets, run, emit)
+    for name, (variant, quality, seconds) in evaluated.items():
         record = _record(recipe, variant, quality, keep)
-        record["latency"] = _latency(recipe, variant, quality.encoding, targets, run, emit)
+        record["latency"] = _latency(recipe, variant, quality.encoding, targets, run, emit, host)
         record["fit"] = _fit(record["size_bytes"], record["latency"], targets)
-        record["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        record["eval_seconds"] = round(seconds, 3)
         path = variant.path / "eval.json"
         atomic_write_json(path, record)
         record_artifact(run, f"eval/{name}", "eval", path, STAGE, parent=name)
@@ -135,6 +142,7 @@ def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence
 
 def _record(recipe: Recipe, variant: Any, quality: Any, keep: set[str] | None) -> dict[str, Any]:
     from toolkit.eval.evaluate import finite_or_none
+    from toolkit.eval.interleave import CONVENTION as INTERLEAVING
     from toolkit.eval.variant_latency import CONVENTION, GENERATION_CONVENTION, graph_paths
     from toolkit.tasks import get_task
 
@@ -142,6 +150,7 @@ def _record(recipe: Recipe, variant: Any, quality: Any, keep: set[str] | None) -
     metrics = {k: finite_or_none(v) for k, v in quality.metrics.items() if keep is None or k in keep}
     conventions = dict(quality.conventions)
     conventions["latency"] = CONVENTION
+    conventions["host_latency"] = INTERLEAVING
     if task.kv_cache and recipe.eval.latency.new_tokens > 0:
         conventions["generation_latency"] = GENERATION_CONVENTION.format(n=recipe.eval.latency.new_tokens)
     return {
@@ -180,38 +189,59 @@ def _fit(size_bytes: int | None, latency: dict[str, Any], targets: dict[str, Any
     return out
 
 
-def _latency(recipe: Recipe, variant: Any, enc: Any, targets: dict[str, Any], run: RunDir,
-             emit: StageEmitter) -> dict[str, Any]:
-    from toolkit.eval import variant_latency as vl
-    from toolkit.targets import detect_host
+class _HostLatency:
+    """The host's measurements of the evaluated variants: all of them timed together (interleaved) when the host is
+    a target; otherwise each variant's ONNX graph alone, measured only when a target's estimate needs it."""
 
-    cfg = recipe.eval.latency
+    RUNTIMES = ("onnxruntime", "executorch", "torch")
+
+    def __init__(self, recipe: Recipe, evaluated: dict[str, tuple[Any, Any, float]], targets: dict[str, Any],
+                 run: RunDir, emit: StageEmitter) -> None:
+        from toolkit.eval import variant_latency as vl
+        from toolkit.targets import detect_host
+        from toolkit.tasks import get_task
+
+        self.cfg, self.emit, self.root = recipe.eval.latency, emit, run.path
+        self.profile = targets.get("host") or detect_host()
+        self.threads = self.cfg.threads or self.profile.threads
+        task = get_task(recipe.task)
+        self.jobs = {name: (vl.variant_files(v, task), q.encoding) for name, (v, q, _) in evaluated.items()}
+        self.measured: dict[str, dict[str, Any]] = {}
+        if "host" in targets and self.jobs:
+            emit.log(f"host latency: {len(self.jobs)} variant(s) timed together in interleaved rounds")
+            self.measured = vl.measure_host(self.jobs, self.cfg, self.threads, emit.log, self.RUNTIMES, self.root)
+
+    def entries(self, name: str) -> dict[str, Any]:
+        return {r: e for r, e in self.measured.get(name, {}).items() if e}
+
+    def onnx(self, name: str) -> dict[str, Any] | None:
+        """The variant's ONNX Runtime figure (measured now, alone, if the host is not a target)."""
+        from toolkit.eval import variant_latency as vl
+
+        if name not in self.measured and name in self.jobs:
+            self.measured[name] = vl.measure_host({name: self.jobs[name]}, self.cfg, self.threads, self.emit.log,
+                                                  ("onnxruntime",), self.root)[name]
+        return self.measured.get(name, {}).get("onnxruntime")
+
+
+def _latency(recipe: Recipe, variant: Any, enc: Any, targets: dict[str, Any], run: RunDir,
+             emit: StageEmitter, host: _HostLatency) -> dict[str, Any]:
+    from toolkit.eval import variant_latency as vl
     from toolkit.tasks import get_task
 
+    cfg = recipe.eval.latency
     files = vl.variant_files(variant, get_task(recipe.task))
     label = f"{variant.name}: "
-    host = targets.get("host") or detect_host()
-    host_cache: dict[str, Any] = {}
-
-    def host_runtimes(runtimes: tuple[str, ...]) -> dict[str, Any]:
-        missing = tuple(r for r in runtimes if r not in host_cache)
-        if missing:
-            got = vl.measure_host(files, enc, cfg, cfg.threads or host.threads, emit.log, missing, label, run.path)
-            for r in missing:
-                host_cache[r] = got.get(r)
-        return {r: host_cache[r] for r in runtimes if host_cache.get(r)}
-
-    def host_onnx() -> dict[str, Any] | None:
-        return host_runtimes(("onnxruntime",)).get("onnxruntime")
-
     out: dict[str, Any] = {}
     for name, target in targets.items():
         if name == "host":
-            entry = vl.top_level(host_runtimes(("onnxruntime", "executorch", "torch")), target.runtime)
+            entry = vl.top_level(host.entries(variant.name), target.runtime)
         else:
-            entry = vl.target_latency(target, files, enc, cfg, host_onnx, host, emit.log, label, run.path)
+            entry = vl.target_latency(target, files, enc, cfg, lambda: host.onnx(variant.name), host.profile,
+                                      emit.log, label, run.path)
         if entry:
             out[name] = entry
             emit("metric", variant=variant.name, target=name,
-                 values={"p50_ms": entry.get("p50_ms"), "source": entry.get("source"), "runtime": entry.get("runtime")})
+                 values={"p50_ms": entry.get("p50_ms"), "median_ms": entry.get("median_ms"),
+                         "source": entry.get("source"), "runtime": entry.get("runtime")})
     return out

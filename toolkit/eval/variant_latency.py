@@ -1,8 +1,11 @@
-"""Latency of one variant on each target of ``[eval] targets``, on real eval samples.
+"""Latency of a run's variants on each target of ``[eval] targets``, on real eval samples.
 
-- ``host``: measured in this process with :func:`toolkit.eval.latency.benchmark` for every runtime the variant has a
-  file for: ONNX Runtime (``model.onnx``; the host's preferred runtime), ExecuTorch (``model.pte``) and PyTorch eager
-  (``model/``), each under ``by_runtime``; the top-level fields are the target's preferred runtime's.
+- ``host``: measured in this process for every runtime a variant has a file for: ONNX Runtime (``model.onnx``; the
+  host's preferred runtime), ExecuTorch (``model.pte``) and PyTorch eager (``model/``), each under ``by_runtime``;
+  the top-level fields are the target's preferred runtime's. Per runtime, all the variants being evaluated are
+  loaded first and timed in interleaved rounds (:mod:`toolkit.eval.interleave`): ``median_ms`` (median of the round
+  medians), ``spread_ms`` (their interquartile range), ``stable`` and the machine's ``interference`` beside
+  p50/p90/p99. Every variant of a run is therefore in memory at once while the host times it.
 - any other target: measured there by its runner (``toolkit.eval.runners.runner_for``) when it is reachable, else
   estimated from the ONNX graph (``toolkit.eval.estimate``) calibrated on the host measurement; an unreachable
   target falls back to the estimate with a warning.
@@ -29,14 +32,15 @@ from toolkit.eval.evaluate import Encoding
 
 SAMPLES = 32
 """at most this many batches of real samples are cycled through the timed runs"""
-FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
+FIELDS = ("median_ms", "spread_ms", "rounds", "stable", "interference", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
           "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
           "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation")
 TORCH = "torch"
 """the runtime of a variant's PyTorch model folder (model/)"""
 CONVENTION = ("p50/p90/p99/mean over timed runs after warm-up (toolkit.eval.latency: perf_counter_ns around each "
               "call, numpy linear percentiles); throughput = batch / mean; real eval samples; top-level fields = the "
-              "target's preferred runtime, every runtime measured under by_runtime; source = measured | estimated")
+              "target's preferred runtime, every runtime measured under by_runtime; source = measured | estimated; "
+              "host figures: see host_latency")
 GENERATION_CONVENTION = (
     "host, per runtime under latency.<target>.generation: greedy decode of {n} new tokens (EOS ignored), batch 1, "
     "the first eval prompt; ttft_ms = prompt in to first token (seq2seq: encoder + first decoder step); "
@@ -124,58 +128,88 @@ def _entry(result: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {k: d[k] for k in FIELDS if k in d and d[k] is not None}
 
 
-def measure_host(files: dict[str, Path], enc: Encoding, cfg: LatencyConfig, threads: int,
-                 log: Callable[[str, str], None], runtimes: tuple[str, ...] = ("onnxruntime", "executorch", "torch"),
-                 label: str = "", root: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Measure each runtime the variant has a file for, in this process. Returns {runtime: fields}.
-
-    A runtime that cannot run the variant (missing extra, static shapes that differ, an op it lacks) is skipped
-    with a warning, so one format never costs the others their numbers.
-    """
-    from toolkit.eval.latency import benchmark
-
+def host_contender(runtime: str, files: dict[str, Path], enc: Encoding, cfg: LatencyConfig
+                   ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]] | None:
+    """(model, inputs, load_contender keywords) of a variant in ``runtime`` on the host; None when the variant has
+    nothing that runtime runs."""
     image = enc.task.data.images
     seq_len = None if image else cfg.seq_len
     base = base_samples(enc, cfg.batch, cfg.seq_len)
-    graph = enc.task.graphs[0]
-    out: dict[str, dict[str, Any]] = {}
-    for runtime in runtimes:
-        model: Any = None
-        kwargs: dict[str, Any] = {}
-        try:
-            if runtime == "onnxruntime" and "onnx" in files:
-                model, inputs = files["onnx"], onnx_samples(files["onnx"], base)
-            elif runtime == "executorch" and "pte" in files:
-                model, inputs, length = files["pte"], base, seq_len
-                if not image:
-                    # a decoder's or a PT2E program's token length may be fixed below seq_len: time it at its own
-                    from toolkit.eval.onnx_eval import pte_input_sizes
+    kwargs: dict[str, Any] = {"seq_len": seq_len}
+    if runtime == "onnxruntime" and "onnx" in files:
+        return files["onnx"], onnx_samples(files["onnx"], base), kwargs
+    if runtime == "executorch" and "pte" in files:
+        inputs, length = base, seq_len
+        if not image:
+            # a decoder's or a PT2E program's token length may be fixed below seq_len: time it at its own
+            from toolkit.eval.onnx_eval import pte_input_sizes
 
-                    sizes = pte_input_sizes(files["pte"])
-                    if sizes and len(sizes[0]) == 2 and sizes[0][1] < cfg.seq_len:
-                        length = sizes[0][1]
-                        inputs = base_samples(enc, cfg.batch, length)
-                kwargs.update(options={"input_names": pte_names(inputs)}, seq_len=length)
-            elif runtime == TORCH and enc.model is not None:
-                # an encoder-decoder is timed on its encoder (one forward of the source), as the ONNX graph is
-                model = enc.model.get_encoder() if len(enc.task.graphs) > 1 else enc.model
-                inputs = base
-            if model is None:
-                continue
-            kwargs.setdefault("seq_len", seq_len)
-            r = benchmark(model, runtime=runtime, threads=threads, batch=cfg.batch, warmup=cfg.warmup,
-                          runs=cfg.runs, inputs=inputs, target="host", **kwargs).to_dict()
-        except UserError as e:
-            log(f"{label}host latency with {runtime} skipped: {e}", "warning")
+            sizes = pte_input_sizes(files["pte"])
+            if sizes and len(sizes[0]) == 2 and sizes[0][1] < cfg.seq_len:
+                length = sizes[0][1]
+                inputs = base_samples(enc, cfg.batch, length)
+        return files["pte"], inputs, {"options": {"input_names": pte_names(inputs)}, "seq_len": length}
+    if runtime == TORCH and enc.model is not None:
+        # an encoder-decoder is timed on its encoder (one forward of the source), as the ONNX graph is
+        return (enc.model.get_encoder() if len(enc.task.graphs) > 1 else enc.model), base, kwargs
+    return None
+
+
+INTERLEAVED = ("median_ms", "spread_ms", "rounds", "stable", "interference")
+"""the interleaved timing's fields, from the result's details to the entry's top level"""
+
+
+def measure_host(jobs: dict[str, tuple[dict[str, Path], Encoding]], cfg: LatencyConfig, threads: int,
+                 log: Callable[[str, str], None], runtimes: tuple[str, ...] = ("onnxruntime", "executorch", "torch"),
+                 root: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Measure every variant of ``jobs`` (name -> (files, encoding)) in each runtime it has a file for, in this
+    process: per runtime, all variants are loaded and warmed up, then timed in interleaved rounds
+    (:func:`toolkit.eval.interleave.time_interleaved`), so background load lands on all of them alike.
+    Returns {variant: {runtime: fields}}.
+
+    A runtime that cannot run a variant (missing extra, static shapes that differ, an op it lacks) is skipped
+    for that variant with a warning, so one format never costs the others their numbers.
+    """
+    from toolkit.eval.interleave import time_interleaved
+    from toolkit.eval.latency import load_contender
+
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in jobs}
+    for runtime in runtimes:
+        loaded: dict[str, Any] = {}
+        files_shown: dict[str, str] = {}
+        try:
+            for name, (files, enc) in jobs.items():
+                try:
+                    spec = host_contender(runtime, files, enc, cfg)
+                    if spec is None:
+                        continue
+                    model, inputs, kwargs = spec
+                    loaded[name] = load_contender(model, runtime=runtime, threads=threads, batch=cfg.batch,
+                                                  warmup=cfg.warmup, inputs=inputs, target="host", **kwargs)
+                    files_shown[name] = shown(model if isinstance(model, Path) else enc.source, root)
+                except UserError as e:
+                    log(f"{name}: host latency with {runtime} skipped: {e}", "warning")
+            results = time_interleaved(loaded, cfg.runs, cfg.budget_s, cfg.rounds) if loaded else {}
+        finally:
+            for contender in loaded.values():  # closed by time_interleaved, unless loading failed midway
+                contender.close(alone=False)
+        for name, r in results.items():
+            d = r.to_dict()
+            timing = {k: d["details"][k] for k in INTERLEAVED if k in d.get("details", {})}
+            out[name][runtime] = _entry({**d, **timing}, graph=jobs[name][1].task.graphs[0], file=files_shown[name])
+    for name, (files, enc) in jobs.items():
+        if not (enc.task.kv_cache and cfg.new_tokens > 0):
             continue
-        out[runtime] = _entry(r, graph=graph, file=shown(model if isinstance(model, Path) else enc.source, root))
-        if enc.task.kv_cache and cfg.new_tokens > 0 and runtime != "executorch":
+        base = base_samples(enc, cfg.batch, cfg.seq_len)
+        for runtime, entry in out[name].items():
+            if runtime == "executorch":
+                continue
             try:
-                out[runtime]["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
+                entry["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
             except Exception as e:  # a graph the decode loop cannot drive: the other numbers still count
                 from toolkit.errors import first_line
 
-                log(f"{label}generation timing with {runtime} skipped: {first_line(e)}", "warning")
+                log(f"{name}: generation timing with {runtime} skipped: {first_line(e)}", "warning")
     return out
 
 

@@ -145,9 +145,9 @@ def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: 
 
     out = work / "optimized.onnx"
     try:
-        with quiet_ort_logging():
-            model = optimize_model(str(float_path), **fusion)
-            model.save_model_to_file(str(out))
+        with quiet_ort_logging(), onnxrt.scratch_cwd():
+            model = optimize_model(str(Path(float_path).absolute()), **fusion)
+            model.save_model_to_file(str(Path(out).absolute()))
         fusions = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     except Exception as e:  # the optimizer raises many types on graphs it does not know; INT8 works without it
         emit.log(f"{step.name}: ONNX Runtime's transformer optimizer failed ({first_line(e)[:200]}); quantizing the "

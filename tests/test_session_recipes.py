@@ -68,4 +68,8 @@ def test_translation_multi30k(shared_data, tmp_path):
         f"data.eval=[\"{m / 'test_2016_flickr.en'}\", \"{m / 'test_2016_flickr.de'}\"]",
         "data.limit=2000", "model.vocab_size=1000", "train.max_steps=60", "eval.limit=30", "eval.max_new_tokens=16",
         "eval.latency.new_tokens=8"])
-    _check(report, ["base", "student"], "bleu")
+    _check(report, ["base", "student", "int8"], "bleu")
+    int8 = report["variants"][2]
+    # the student's encoder and merged decoder quantized, generation timed through them
+    assert int8["parent"] == "student" and int8["info"]["quantized_nodes"] > 0
+    assert int8["latency"]["host"]["generation"]["new_tokens"] == 8

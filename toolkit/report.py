@@ -10,13 +10,13 @@ Decisions, per target:
 - **quality drop** vs the baseline, in the main metric's terms: accuracy in absolute fractions; BLEU in
   points/100; perplexity as the relative increase. A variant is ``within_budget`` when its drop is at most
   ``[eval] max_quality_drop``.
-- **latency** compared: ``median_ms`` (the median of the host's interleaved rounds' medians) where the host timed
-  it so, else p50 (a device's runner, an estimate) — :func:`latency_ms`.
+- **latency** compared: ``p10_ms`` (the 10th percentile of the host's interleaved calls: load only adds time) where
+  the host timed it so, else p50 (a device's runner, an estimate) — :func:`latency_ms`.
 - **Pareto front**: the variants no other variant beats on both quality and latency on that target.
 - **recommendation**: the fastest variant that is within budget, fits the device's model-size/memory
   budget and has no failed export verification; null (and a plain sentence in report.md) when none does.
-  ``recommendation_noise`` says when its lead over the runner-up is within the noise (their spreads overlap, or a
-  figure is unstable).
+  ``recommendation_noise`` says when its lead over the runner-up is within the noise (the spreads of their rounds'
+  p10s overlap, or a figure is unstable).
 """
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
         "targets": {t: _target_summary(profiles.get(t)) for t in targets},
         "conventions": {
             "speedup": "baseline latency / variant latency on the same target (>1: faster than the baseline); "
-                       "latency = median_ms (the median of interleaved rounds' medians) where measured so, else p50",
+                       "latency = p10_ms (10th percentile of the host's interleaved calls) where measured so, else p50",
             "size_ratio": "variant size_bytes / baseline size_bytes (<1: smaller)",
             "size_bytes": "the ONNX file(s) of the variant, else the model files compression or eval measured",
             "quality_drop": metric.describe(),
@@ -275,11 +275,12 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
 
 
 def latency_ms(lat: dict[str, Any] | None) -> float | None:
-    """The figure a variant's latency on a target is compared by: the median of the interleaved rounds' medians
-    where the host timed it so (``median_ms``), else p50 (a device's runner, an estimate)."""
+    """The figure a variant's latency on a target is compared by: the 10th percentile of the host's interleaved
+    calls where the host timed it so (``p10_ms``: robust to background load, which only adds time), else p50 (a
+    device's runner, an estimate)."""
     if not lat:
         return None
-    for key in ("median_ms", "p50_ms"):
+    for key in ("p10_ms", "p50_ms"):
         if isinstance(lat.get(key), (int, float)) and lat[key] > 0:
             return float(lat[key])
     return None
@@ -322,7 +323,7 @@ def _within_noise(rows: list[dict], chosen: str | None, target: str, metric: Mai
     if best.get("stable") is False or second.get("stable") is False:
         return (f"{chosen} ({a:.3g} ms) vs runner-up {name} ({b:.3g} ms): a figure is unstable (its round medians "
                 f"spread over 10 %); the choice between them is within the noise")
-    lo, hi = best.get("spread_ms"), second.get("spread_ms")
+    lo, hi = best.get("p10_spread_ms"), second.get("p10_spread_ms")
     if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == 2 and lo[1] >= hi[0]:
         return (f"{chosen} ({a:.3g} ms, IQR {lo[0]:.3g}-{lo[1]:.3g}) vs runner-up {name} ({b:.3g} ms, IQR "
                 f"{hi[0]:.3g}-{hi[1]:.3g}): their spreads overlap, so the choice between them is within the noise")

@@ -92,9 +92,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             cells.append(_latency_cell(report, v, t))
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"{PARETO_MARK} on the quality–latency Pareto front of that target; {RECOMMENDED_MARK} recommended "
-            f"for it; {NO_FIT_MARK} over the target's model-size/memory budget. A latency cell shows the median of the "
-            f"host's interleaved rounds with their interquartile range in brackets (elsewhere: p50), "
-            f"{UNSTABLE_MARK} when that range is over 10 % of the median after the extra rounds, and the "
+            f"for it; {NO_FIT_MARK} over the target's model-size/memory budget. A latency cell shows, on the host, the "
+            f"10th percentile of calls timed in interleaved rounds (what speed-ups compare: load only adds time) and "
+            f"the median of the rounds (what a user sees), {UNSTABLE_MARK} when the rounds' medians spread over 10 % "
+            f"after the extra rounds; elsewhere p50; and the "
             f"speed-up against the baseline; its label says whether it was measured on the device or estimated.", ""]
     out += _generation(variants)
     out += _conventions(report, names)
@@ -130,8 +131,8 @@ def _latency_cell(report: dict[str, Any], v: dict[str, Any], t: str) -> str:
     if shown is None:
         return "—"
     cell = ms(shown)
-    if isinstance(lat.get("spread_ms"), list) and len(lat["spread_ms"]) == 2:
-        cell += f" [{ms(lat['spread_ms'][0])}–{ms(lat['spread_ms'][1])}]"
+    if isinstance(lat.get("median_ms"), (int, float)):
+        cell += f" (median {ms(lat['median_ms'])})"
     if lat.get("stable") is False:
         cell += f" {UNSTABLE_MARK}"
     if len(latency_sources(report, t)) > 1:
@@ -158,7 +159,7 @@ def _recommendation_sentence(report: dict[str, Any], t: str) -> str:
     v = next(x for x in report["variants"] if x["name"] == name)
     lat = v["latency"][t]
     source = lat.get("source", "unknown")
-    label = "median" if isinstance(lat.get("median_ms"), (int, float)) else "p50"
+    label = "p10" if isinstance(lat.get("p10_ms"), (int, float)) else "p50"
     text = f"**{t}**: ship `{name}` — {label} {ms(latency_ms(lat))} ({source}"
     if lat.get("runtime"):
         text += f", {lat['runtime']}"

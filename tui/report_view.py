@@ -68,7 +68,7 @@ def fmt_ms(ms: Any) -> str:
 
 def latency_cell(lat: dict[str, Any] | None, base: dict[str, Any] | None, recommended: bool,
                  unit: bool = False) -> Text:
-    """'★ 1.23 ×2.1' (latency in ms — the median of the host's interleaved rounds, else p50 — and the speed-up vs
+    """'★ 1.23 ×2.1' (latency in ms — the p10 of the host's interleaved calls, else p50 — and the speed-up vs
     the baseline); estimated: '~1.23 ×2.1' in dim italic; unstable (rounds spread over 10 %): '1.23? ×2.1'."""
     value = latency_ms(lat)
     if value is None:
@@ -275,9 +275,10 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
         for target, lat in latency.items():
             est = lat.get("source") == "estimated"
             mark = "~" if est else ""
-            if isinstance(lat.get("median_ms"), (int, float)):
+            if isinstance(lat.get("p10_ms"), (int, float)):
                 spread = lat.get("spread_ms") or ["?", "?"]
-                out.append(f"  {target}: median {fmt_ms(lat['median_ms'])} (IQR {fmt_ms(spread[0])}–"
+                out.append(f"  {target}: p10 {fmt_ms(lat['p10_ms'])} (compared), median of rounds "
+                           f"{fmt_ms(lat.get('median_ms'))} (IQR {fmt_ms(spread[0])}–"
                            f"{fmt_ms(spread[1])}, {lat.get('rounds', '?')} rounds"
                            f"{', unstable' if lat.get('stable') is False else ''})\n",
                            style="yellow" if lat.get("stable") is False else "")

@@ -109,6 +109,7 @@ def test_digits_eval_json_has_design_fields_and_measured_host_latency(digits):
     assert host["rounds"] >= 10 and host["runs"] == 3 * host["rounds"] <= 120 and host["inputs"] == "real"
     q1, q3 = host["spread_ms"]
     assert host["min_ms"] <= q1 <= host["median_ms"] <= q3 <= host["max_ms"]
+    assert host["min_ms"] <= host["p10_ms"] <= host["p50_ms"]
     assert isinstance(host["stable"], bool) and host["interference"]["seconds"] > 0
     assert host["throughput"] == pytest.approx(1000.0 / host["mean_ms"])
     assert set(host["by_runtime"]) == {"onnxruntime", "torch"}

@@ -5,6 +5,11 @@ every trial.
 
 Before interleaved rounds (each variant timed in its own block of runs) the same kind of load moved the ratio of
 two such models from 3.48 (quiet) to 2.52, 9.09, 7.03, 3.65 and 8.39.
+
+One thread: on this 2-core machine, two threads per model plus two busy processes change how ONNX Runtime's thread
+pool behaves for sub-millisecond calls (a constant wake-up cost per call), which moves the true ratio itself, not
+just its measurement; benchmarks/latency_under_load.py measures the 2-thread case on MiniLM, where calls take
+milliseconds.
 """
 from __future__ import annotations
 
@@ -90,7 +95,7 @@ def ratio(recipe, rd: RunDir) -> tuple[float, dict]:
 
     results = run_eval(recipe, rd, null_emitter("eval"))
     host = {name: r["latency"]["host"] for name, r in results.items()}
-    return host["deep"]["median_ms"] / host["base"]["median_ms"], host
+    return host["deep"]["p10_ms"] / host["base"]["p10_ms"], host
 
 
 @pytest.mark.slow
@@ -103,12 +108,14 @@ def test_the_measured_ratio_holds_under_a_laptops_background_load(run):
         loaded = []
         for _ in range(TRIALS):
             r, host = ratio(recipe, rd)
-            loaded.append((r, host["base"]["interference"]["other_cpus"]))
+            loaded.append((r, host["base"]["interference"]["other_cpus"], host["base"]["stable"]))
     finally:
         for p in load:
             p.kill()
             p.wait()
-    # the load was there: other processes took CPU while the eval stage timed (in at least most trials)
-    assert sum(cpus > 0.3 for _, cpus in loaded) >= TRIALS // 2, loaded
-    off = [(round(r, 3), round(cpus, 2)) for r, cpus in loaded if abs(r / quiet - 1) > TOLERANCE or r <= 1]
+    # the load was there, and the eval stage saw it: other processes took CPU while it timed, and a figure timed
+    # so is labelled unstable
+    assert sum(cpus > 0.3 for _, cpus, _ in loaded) >= TRIALS // 2, loaded
+    assert all(not stable for _, cpus, stable in loaded if cpus > 0.3), loaded
+    off = [(round(r, 3), round(cpus, 2)) for r, cpus, _ in loaded if abs(r / quiet - 1) > TOLERANCE or r <= 1]
     assert not off, f"quiet ratio {quiet:.3f}; trials off by more than 15 % (ratio, other CPUs): {off}"

@@ -3,9 +3,9 @@
 - ``host``: measured in this process for every runtime a variant has a file for: ONNX Runtime (``model.onnx``; the
   host's preferred runtime), ExecuTorch (``model.pte``) and PyTorch eager (``model/``), each under ``by_runtime``;
   the top-level fields are the target's preferred runtime's. Per runtime, all the variants being evaluated are
-  loaded first and timed in interleaved rounds (:mod:`toolkit.eval.interleave`): ``median_ms`` (median of the round
-  medians), ``spread_ms`` (their interquartile range), ``stable`` and the machine's ``interference`` beside
-  p50/p90/p99. Every variant of a run is therefore in memory at once while the host times it.
+  loaded first and timed in interleaved rounds (:mod:`toolkit.eval.interleave`): ``p10_ms`` (the figure compared),
+  ``median_ms`` (median of the round medians), ``spread_ms`` (their interquartile range), ``stable`` and the
+  machine's ``interference`` beside p50/p90/p99. Every variant of a run is therefore in memory at once while the host times it.
 - any other target: measured there by its runner (``toolkit.eval.runners.runner_for``) when it is reachable, else
   estimated from the ONNX graph (``toolkit.eval.estimate``) calibrated on the host measurement; an unreachable
   target falls back to the estimate with a warning.
@@ -32,7 +32,7 @@ from toolkit.eval.evaluate import Encoding
 
 SAMPLES = 32
 """at most this many batches of real samples are cycled through the timed runs"""
-FIELDS = ("median_ms", "spread_ms", "rounds", "stable", "interference", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
+FIELDS = ("p10_ms", "p10_spread_ms", "p10_rounds", "median_ms", "spread_ms", "rounds", "stable", "interference", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
           "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
           "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation")
 TORCH = "torch"
@@ -155,7 +155,7 @@ def host_contender(runtime: str, files: dict[str, Path], enc: Encoding, cfg: Lat
     return None
 
 
-INTERLEAVED = ("median_ms", "spread_ms", "rounds", "stable", "interference")
+INTERLEAVED = ("p10_ms", "p10_spread_ms", "p10_rounds", "median_ms", "spread_ms", "rounds", "stable", "interference")
 """the interleaved timing's fields, from the result's details to the entry's top level"""
 
 

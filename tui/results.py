@@ -99,7 +99,7 @@ class ResultsScreen(Screen):
         metric, higher = main_metric(report)
         summary.update(Text.assemble(
             (f"{metric} {'↑' if higher else '↓'}", "bold"), f" {'higher' if higher else 'lower'} is better · ",
-            ("targets:", "bold"), f" p50 ms ×speed-up vs {report.get('baseline', 'base')}"))
+            ("targets:", "bold"), f" ms ×speed-up vs {report.get('baseline', 'base')} (host: p10 of rounds)"))
         self.query_one("#recommendation", Static).update(recommendation_text(report))
         self._render_detail()
         self._render_pareto()

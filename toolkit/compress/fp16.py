@@ -66,7 +66,8 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
             data = None
         if len(roles) == 1:
             float_path = common.parent_onnx(parent, ctx, work / "float")
-            src, optimized = common.ort_fusions(step, parent, variants, float_path, work, data, ctx.emit)
+            src, optimized = common.ort_fusions(step, parent, variants, float_path, work, data, ctx.emit,
+                                                    share_tied=True)
             floats, srcs, parts = {"model": float_path}, {"model": src}, {"model": [src]}
         else:
             floats = srcs = common.parent_graphs(parent, ctx, work / "float", keep_unmerged=True)

@@ -119,9 +119,12 @@ def quiet_ort_logging() -> Iterator[None]:
 
 
 def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: Path, data: Any,
-                emit: Any) -> tuple[Path, Any]:
+                emit: Any, share_tied: bool = False) -> tuple[Path, Any]:
     """ONNX Runtime's transformer optimizer on the families whose fusions it knows (the architecture adapter
     says which); the fused graph is kept only if it gives the float graph's outputs on real inputs.
+    ``share_tied``: store a tied embedding once (:func:`share_tied_transposes`). FP16 wants it; INT8 does not:
+    the shared copy would be quantized for its lookups as uint8, and ONNX Runtime's u8×u8 MatMulInteger runs the
+    LM head 1.2× (one token) to 2× (32 tokens) slower than u8×s8 on this CPU (measured, AVX2, 768×50257).
 
     Returns: (the graph to quantize, {"optimizer": its arguments, "fusions"} | False | {"skipped": why}).
     """
@@ -147,7 +150,11 @@ def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: 
     try:
         with quiet_ort_logging(), onnxrt.scratch_cwd():
             model = optimize_model(str(Path(float_path).absolute()), **fusion)
+            shared = share_tied_transposes(model.model) if share_tied else []
             model.save_model_to_file(str(Path(out).absolute()))
+        if shared:
+            emit.log(f"{step.name}: tied weights stored once ({', '.join(shared)}): the optimizer had folded the "
+                     f"LM head's transpose into a second copy")
         fusions = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     except Exception as e:  # the optimizer raises many types on graphs it does not know; INT8 works without it
         emit.log(f"{step.name}: ONNX Runtime's transformer optimizer failed ({first_line(e)[:200]}); quantizing the "
@@ -163,6 +170,72 @@ def ort_fusions(step: Any, parent: Any, variants: dict, float_path: Path, work: 
                      f"graph", "warning")
             return float_path, False
     return out, {"optimizer": fusion, "fusions": fusions}
+
+
+def share_tied_transposes(model: Any) -> list[str]:
+    """Store a tied embedding once: ONNX Runtime's optimizer constant-folds the LM head's ``Transpose(wte)`` into a
+    second initializer, so the file (and, after FP16 or INT8, both converted copies) holds the embedding twice,
+    which is most of a small decoder's weights. The lookups are rewritten to read the transposed copy instead:
+    ``Gather(W, ids)`` becomes ``Transpose(Gather(Wᵀ, ids, axis=1))``, which moves only the gathered rows; the
+    LM head's MatMul keeps its contiguous weight.
+
+    Returns: the names of the initializers dropped (empty when the graph has no such pair).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_shape: dict[tuple, list[str]] = collections.defaultdict(list)
+    for t in graph.initializer:
+        if len(t.dims) == 2 and t.dims[0] != t.dims[1]:
+            by_shape[tuple(t.dims)].append(t.name)
+    dropped: list[str] = []
+    inferred = None
+    for name, tensor in list(inits.items()):
+        if len(tensor.dims) != 2 or tensor.dims[0] == tensor.dims[1]:
+            continue
+        users = [n for n in graph.node if name in n.input]
+        lookups = [n for n in users if n.op_type == "Gather" and n.input[0] == name and n.input[1] != name]
+        if not lookups or len(lookups) != len(users) or any(_axis(n) != 0 for n in lookups):
+            continue
+        array = numpy_helper.to_array(tensor)
+        twin = next((o for o in by_shape.get((tensor.dims[1], tensor.dims[0]), [])
+                     if o in inits and np.array_equal(numpy_helper.to_array(inits[o]), array.T)), None)
+        if twin is None:
+            continue
+        if inferred is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model).graph
+            except Exception:  # noqa: BLE001 - e.g. a graph over protobuf's 2 GB: keep both copies, as before
+                return dropped
+        ranks = [_rank(inferred, node.input[1]) for node in lookups]
+        if None in ranks:
+            continue
+        for node, ids_rank in zip(lookups, ranks):
+            out, gathered = node.output[0], node.output[0] + "_columns"
+            index = list(graph.node).index(node)
+            graph.node.remove(node)
+            graph.node.insert(index, helper.make_node("Transpose", [gathered], [out], name=node.name + "_rows",
+                                                      perm=[*range(1, ids_rank + 1), 0]))
+            graph.node.insert(index, helper.make_node("Gather", [twin, node.input[1]], [gathered],
+                                                      name=node.name, axis=1))
+        graph.initializer.remove(tensor)
+        del inits[name]
+        dropped.append(name)
+    return dropped
+
+
+def _axis(node: Any) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 0)
+
+
+def _rank(graph: Any, name: str) -> int | None:
+    """The rank of a tensor from the graph's declared inputs and inferred shapes (None: not known)."""
+    for info in [*graph.input, *graph.value_info]:
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            return len(info.type.tensor_type.shape.dim)
+    return None
 
 
 def op_counts(path_or_model: Any) -> dict[str, int]:

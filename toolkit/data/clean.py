@@ -193,3 +193,11 @@ def clean_examples(examples: list[Example], steps: list[str]) -> tuple[list[int]
     keep = [i for i, e in enumerate(out) if all(e[f].strip() for f in fields)]
     dropped["empty"] = len(out) - len(keep)
     return [kept[i] for i in keep], [out[i] for i in keep], dropped
+
+
+def clean_text(text: str, steps: list[str]) -> str:
+    """One raw input cleaned as training data was (``dedup`` compares examples, so it does not apply here)."""
+    for step in steps:
+        if step in STEPS:
+            text = STEPS[step](text)
+    return text

@@ -340,3 +340,21 @@ def check_steps(processor: object, steps: list[dict]) -> float:
     if diff > PROBE_TOLERANCE:
         raise ValueError(f"its pixel values differ from the steps' by up to {diff:.3g}")
     return diff
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An encoded image (PNG, JPEG, … as read from a file) as the loaders give it: (H, W) or (H, W, 3) in [0, 1].
+
+    Raises:
+        ValueError: bytes that are not an image PIL can read.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_array(im, im.size, _mode(im.mode))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"not a readable image ({type(e).__name__})") from None

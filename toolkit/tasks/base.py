@@ -179,3 +179,6 @@ class Bundled:
     labels: list[str] = field(default_factory=list)
     tokenizer: Any = None
     preprocess: dict[str, Any] = field(default_factory=dict)
+    encode: Callable[[Sequence[Any], str], list[Any]] | None = None
+    """examples -> items as ``sets`` holds them (classifiers: each example needs a "label"; ``toolkit serve``
+    encodes its requests with it)"""

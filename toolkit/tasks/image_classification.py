@@ -224,7 +224,7 @@ class ImageClassification(Classifier):
         preprocess = (read_preprocess(folder) if folder is not None else None) or {}
         labels = bundle_labels(folder, preprocess, labels)
         encode, collate = bundle_codec(preprocess, labels, [ex["image"] for v in splits.values() for ex in v])
-        return Bundled({k: encode(v, k) for k, v in splits.items()}, collate, labels, None, preprocess)
+        return Bundled({k: encode(v, k) for k, v in splits.items()}, collate, labels, None, preprocess, encode)
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
         from toolkit.models import cnn_small, load_model, read_labels, resolve_source

@@ -139,7 +139,9 @@ class LanguageModeling:
         block = fit_max_length(recipe, model.config, notes)
         encode, collate = lm_codec(tokenizer, eos_id, block, pad_id)
 
-        preprocess = {"task": self.name, "max_length": block, "block_size": block, "tokenizer": "tokenizer.json",
+        # "clean": the recipe's text cleaning, so a bundle or `toolkit serve` applies it to raw inputs too
+        preprocess = {"task": self.name, "clean": list(recipe.data.clean),
+                      "max_length": block, "block_size": block, "tokenizer": "tokenizer.json",
                       "input_names": ["input_ids", "attention_mask"], "eos_token_id": eos_id, "pad_token_id": pad_id}
 
         def save(m: torch.nn.Module, out_dir: Path) -> None:

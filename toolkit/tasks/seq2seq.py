@@ -123,7 +123,9 @@ class Seq2Seq:
         max_length = fit_max_length(recipe, model.config, notes)
         encode, collate = pair_codec(tokenizer, max_length, pad_id)
 
-        preprocess = {"task": self.name, "max_length": max_length, "tokenizer": "tokenizer.json",
+        # "clean": the recipe's text cleaning, so a bundle or `toolkit serve` applies it to raw inputs too
+        preprocess = {"task": self.name, "clean": list(recipe.data.clean),
+                      "max_length": max_length, "tokenizer": "tokenizer.json",
                       "input_names": ["input_ids", "attention_mask"], "pad_token_id": pad_id,
                       "decoder_start_token_id": model.config.decoder_start_token_id,
                       "eos_token_id": tokenizer.eos_token_id}

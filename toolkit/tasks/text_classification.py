@@ -68,7 +68,8 @@ class TextClassification(Classifier):
         tokenizer, pad_id, preprocess = bundle_tokenizer(folder, max_length)
         labels = bundle_labels(folder, preprocess, labels)
         encode, collate = text_codec(tokenizer, labels, preprocess["max_length"], pad_id)
-        return Bundled({k: encode(v, k) for k, v in splits.items()}, collate, labels, tokenizer, preprocess)
+        sets = {k: encode(v, k) for k, v in splits.items()}
+        return Bundled(sets, collate, labels, tokenizer, preprocess, encode)
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
         from toolkit.models import bert_tiny, cached_tokenizer, load_model, load_tokenizer, read_labels, resolve_source
@@ -99,7 +100,9 @@ class TextClassification(Classifier):
         max_length = fit_max_length(recipe, model.config, notes)
         encode, collate = text_codec(tokenizer, labels, max_length, pad_id)
 
-        preprocess = {"task": self.name, "max_length": max_length, "tokenizer": "tokenizer.json",
+        # "clean": the recipe's text cleaning, so a bundle or `toolkit serve` applies it to raw inputs too
+        preprocess = {"task": self.name, "clean": list(recipe.data.clean),
+                      "max_length": max_length, "tokenizer": "tokenizer.json",
                       "input_names": ["input_ids", "attention_mask"], "pad_token_id": pad_id, "labels": labels}
 
         def save(m: torch.nn.Module, out_dir: Path) -> None:

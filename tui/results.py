@@ -27,6 +27,7 @@ class ResultsScreen(Screen):
     BINDINGS = [
         Binding("b", "bench", "Benchmark", tooltip="Measure the highlighted variant's file on a target"),
         Binding("e", "export", "Export", tooltip="Export every variant to more formats (toolkit export)"),
+        Binding("v", "serve", "Serve", tooltip="Serve the highlighted variant over HTTP (toolkit serve); again: stop"),
         Binding("d", "tab('tab-detail')", "Detail", tooltip="What the highlighted variant's step did, its files"),
         Binding("p", "next_target", "Pareto", tooltip="The Pareto plot; again: the next target"),
         Binding("s", "tab('tab-rec')", "Ship", tooltip="The recommendation per target"),
@@ -43,6 +44,8 @@ class ResultsScreen(Screen):
         self.targets: list[str] = []
         self.target_index = 0
         self.bench_results: dict[str, dict[str, dict]] = {}  # variant -> target -> bench JSON
+        self.server: runner.Child | None = None  # `toolkit serve` started from this screen
+        self.server_url: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -229,6 +232,60 @@ class ResultsScreen(Screen):
                         f"{not_reached(target, source)}", severity="warning", timeout=20)
         self.action_tab("tab-detail")
         self._render_detail()
+
+    # ---- serve -----------------------------------------------------------------------------------------
+
+    def action_serve(self) -> None:
+        if self.server is not None and self.server.alive:
+            self._stop_server()
+            return
+        name = self.highlighted_variant()
+        if name is None:
+            return
+        log = runner.state_dir() / "serve" / f"{self.run_dir.resolve().name}-{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("", encoding="utf-8")
+        argv = runner.toolkit_argv("serve", str(self.run_dir.resolve()), "--variant", name, "--port", "0")
+        self.server = runner.start_tool(argv, log)
+        self.notify(f"starting a server for {name}…")
+        self._await_server(self.server, name)
+
+    @work(thread=True, group="serve")
+    def _await_server(self, child: runner.Child, name: str) -> None:
+        import re
+        import time
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            found = next((m.group(1) for line in child.tail(40) if (m := re.search(r" at (http://\S+)", line))), None)
+            if found:
+                self.app.call_from_thread(self._serving, child, name, found)
+                return
+            if not child.alive:
+                why = runner.last_line("\n".join(child.tail(5)))
+                self.app.call_from_thread(self.notify, f"serve {name}: {why}", severity="error", timeout=15)
+                return
+            time.sleep(0.2)
+
+    def _serving(self, child: runner.Child, name: str, url: str) -> None:
+        if child is not self.server:
+            return
+        self.server_url = url
+        self.sub_title = f"results · {self.run_dir} · serving {name} at {url}"
+        self.notify(f"serving {name} at {url} (docs: {url}/docs); v stops it", timeout=20)
+
+    def _stop_server(self, quiet: bool = False) -> None:
+        import signal
+
+        if self.server is not None and self.server.alive:
+            self.server.proc.send_signal(signal.SIGTERM)  # finishes the requests in flight, then exits 0
+            if not quiet:
+                self.notify(f"stopping the server at {self.server_url or 'starting up'}")
+        self.server, self.server_url = None, None
+        self.sub_title = f"results · {self.run_dir}"
+
+    def on_unmount(self) -> None:
+        self._stop_server(quiet=True)  # a server outlives neither the screen nor the UI that started it
 
     # ---- export ----------------------------------------------------------------------------------------
 

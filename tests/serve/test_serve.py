@@ -367,3 +367,46 @@ def test_translation_greedy_equals_transformers_one_output_per_input(tmp_path_fa
     assert [t["text"] for t in got["translations"]] == want
     assert events[-1]["done"] and events[-1]["text"] == want[0]
     assert two.status_code == 422 and two.json()["field"] == "stream"
+
+
+def test_the_example_client_prints_one_prediction_per_input(text_run):
+    client = Path(__file__).resolve().parents[2] / "examples" / "serve_client.py"
+    with Server(text_run, "base") as s:
+        p = subprocess.run([sys.executable, str(client), "predict", "great lovely film", "awful dull plot",
+                            "--url", s.url], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rows = [line.split("\t") for line in p.stdout.strip().splitlines()]
+    assert [r[0] for r in rows] == ["positive", "negative"] and "variant base" in p.stderr
+
+
+def test_the_tui_results_screen_starts_and_stops_a_server(text_run, tmp_path, monkeypatch):
+    import asyncio
+
+    from tui.app import ToolkitApp
+
+    monkeypatch.setenv("EDGE_TOOLKIT_STATE", str(tmp_path / "state"))
+
+    async def body() -> None:
+        async def until(pilot, condition, what: str, timeout: float = 120) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await pilot.pause(0.1)
+
+        app = ToolkitApp(text_run.path)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: type(app.screen).__name__ == "ResultsScreen", "results")
+            screen = app.screen
+            table = screen.query_one("#results-table")
+            await until(pilot, lambda: table.row_count == 2, "rows")
+            table.focus()
+            table.move_cursor(row=0)  # base
+            await pilot.press("v")
+            await until(pilot, lambda: screen.server_url is not None, "the server's URL")
+            url, child = screen.server_url, screen.server
+            assert url in screen.sub_title and "serving base" in screen.sub_title
+            assert httpx.get(f"{url}/v1/model").json()["variant"] == "base"
+            await pilot.press("v")
+            await until(pilot, lambda: not child.alive, "the server to stop")
+            assert child.proc.wait() == 0 and screen.server_url is None
+    asyncio.run(body())

@@ -20,7 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
+from toolkit.cli.serve import listening_socket
 from toolkit.config import recipe_from_dict
+from toolkit.errors import UserError
 from toolkit.rundir import RunDir
 from toolkit.session import run_session
 
@@ -86,8 +88,7 @@ class Server:
         from toolkit.serve.model import load_served
 
         self.served = load_served(run.path, variant, runtime, threads=1)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = listening_socket("127.0.0.1", 0)  # as the CLI binds it
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.served, **options), log_level="error"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
@@ -302,6 +303,20 @@ def test_bad_command_lines_exit_2_with_one_line(text_run, args, message):
                        text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_the_listening_socket_is_tcp_so_responses_are_not_delayed():
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket says it is TCP; without it
+    each keep-alive response waited for the client's delayed ACK (~40 ms)."""
+    sock = listening_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        sock.listen()
+        taken = sock.getsockname()[1]
+        with pytest.raises(UserError, match=f"--port {taken}: cannot listen there"):
+            listening_socket("127.0.0.1", taken)
+    finally:
+        sock.close()
 
 
 def test_not_a_run_directory_exits_2(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 
 from toolkit.errors import UserError
@@ -44,24 +45,35 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--max-wait-ms must be ≥ 0 and --timeout-s > 0")
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port) for uvicorn.
+
+    proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it every
+    keep-alive response waited ~40 ms for the client's delayed ACK (Nagle): 44 ms vs 0.8 ms per request, measured.
+
+    Raises:
+        UserError: the address cannot be bound (in use, not this machine's).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another port, or 0 "
+                        f"for a free one") from None
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     _check(args)
-    import socket
-
     import uvicorn
 
     from toolkit.serve.app import create_app
     from toolkit.serve.model import load_served
 
     served = load_served(args.run_dir, args.variant, args.runtime, args.threads)
-    # Bind here, so a port in use is one exit-2 line and --port 0 can print the port it got.
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as e:
-        raise UserError(f"--host {args.host} --port {args.port}: cannot listen there ({e.strerror}); pick another "
-                        f"port, or 0 for a free one") from None
+    sock = listening_socket(args.host, args.port)  # bound here: a port in use is one exit-2 line
     port = sock.getsockname()[1]
     app = create_app(served, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, timeout_s=args.timeout_s,
                      max_request_bytes=args.max_request_bytes)

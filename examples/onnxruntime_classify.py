@@ -16,9 +16,39 @@ import numpy as np
 import onnxruntime as ort
 
 
+def clean(text: str, steps: list) -> str:
+    """The recipe's `data.clean` steps, which preprocess.json lists (the model was trained on cleaned text), as
+    toolkit/data/clean.py applies them; `pii` (its regexes) is left to the toolkit and warned about."""
+    import html
+    import re
+    import unicodedata
+
+    block = {"address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "footer", "h1", "h2", "h3",
+             "h4", "h5", "h6", "header", "hr", "li", "ol", "p", "pre", "section", "table", "td", "th", "tr", "ul"}
+
+    def no_tags(s: str) -> str:  # block tags leave a space so the words on both sides stay apart
+        s = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", "", s)
+        tag = lambda m: " " if m.group(1).lower() in block else ""  # noqa: E731
+        return html.unescape(re.sub(r"</?\s*([a-zA-Z0-9]+)[^>]*>", tag, s))
+
+    steps_known = {
+        "html": no_tags, "lower": str.lower, "whitespace": lambda s: " ".join(s.split()),
+        "control": lambda s: "".join(c for c in s if c in "\n\t" or (unicodedata.category(c) != "Cc"
+                                                                     and c not in "\ufeff\u200b")),
+        "punct": lambda s: "".join(c for c in s if not unicodedata.category(c).startswith("P")),
+    }
+    for step in steps:
+        if step in steps_known:
+            text = steps_known[step](text)
+        elif step != "dedup":
+            print(f"warning: cleaning step '{step}' is not replayed here; see toolkit/data/clean.py", file=sys.stderr)
+    return text
+
+
 def text_inputs(bundle: Path, pre: dict, text: str) -> dict:
     from tokenizers import Tokenizer
 
+    text = clean(text, pre.get("clean") or [])
     tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(max_length=pre.get("max_length", 128))

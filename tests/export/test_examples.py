@@ -125,3 +125,18 @@ def test_an_image_file_is_read_resized_and_scaled(digits, tmp_path):
         x = torch.from_numpy(pixels / 255.0).float()[None, None]
         expected = json.loads((bundle / "labels.json").read_text())[int(model(pixel_values=x).logits[0].argmax())]
     assert _run("onnxruntime_classify.py", bundle, str(tmp_path / "digit.png"))[0] == expected
+
+
+def test_the_bundle_example_cleans_text_as_training_did():
+    """preprocess.json lists the recipe's data.clean steps; the standalone example replays them as the toolkit does."""
+    import importlib.util
+
+    from toolkit.data.clean import clean_text
+
+    spec = importlib.util.spec_from_file_location("ort_example", EXAMPLES / "onnxruntime_classify.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    text = "  <p>A <b>GRIPPING</b>,\u200b well-acted film!</p><script>x()</script>\tTruly &amp; deeply.\x07 "
+    for steps in (["lower"], ["whitespace"], ["control"], ["punct"], ["control", "lower", "punct", "whitespace"]):
+        assert example.clean(text, steps) == clean_text(text, steps), steps
+    assert " ".join(example.clean(text, ["html"]).split()) == " ".join(clean_text(text, ["html"]).split())

@@ -22,7 +22,7 @@ class QuantizeConfig(StepConfig):
     scheme: str = setting("int8-dynamic", "int8-dynamic (ONNX Runtime; transformers, encoder-decoders included) | "
                      "int8-static (ONNX Runtime with calibration; CNNs, single-graph models) | qat (fake-quantized "
                      "fine-tune, exported as ONNX QDQ) | pt2e (torchao PT2E + XNNPACK quantizer, lowered to "
-                     "ExecuTorch .pte)")
+                     "ExecuTorch .pte) | int4 (weight-only 4-bit MatMulNBits, ONNX Runtime; language models)")
     target: str = setting("host", "device profile whose INT8 format is produced (U8S8 + reduce_range on AVX2 without VNNI, "
                      "S8S8 QDQ on ARM)")
     calibration_samples: int = setting(128, "int8-static / pt2e: real training samples used to calibrate activation ranges")
@@ -35,6 +35,13 @@ class QuantizeConfig(StepConfig):
                                   "0.01 = 1 point; language models: relative perplexity rise); sensitive layers stay "
                                   "in float to meet it")
     optimize: bool = setting(True, "run ONNX Runtime's transformer optimizer (attention/GELU/LayerNorm fusions) first")
+    block_size: int = setting(32, "int4: weights per block sharing one scale (a power of two, at least 16)")
+    symmetric: bool = setting(True, "int4 (rtn): symmetric blocks (no zero points); false stores a zero point per block")
+    algorithm: str = setting("rtn", "int4: rtn (round to nearest) | hqq (half-quadratic, no data) | gptq (calibrated "
+                             "on calibration_samples training texts)")
+    accuracy_level: int | str = setting("auto", "int4: MatMulNBits kernel: 0 | 1 (float) | 4 (int8 activations) | "
+                                        "\"auto\" (the fastest decode on this machine, measured and recorded)")
+    quantize_embedding: bool = setting(True, "int4: the embedding lookup in 4 bits too (GatherBlockQuantized)")
     qat_steps: int = setting(200, "qat: fine-tuning steps with fake quantization")
     qat_lr: float = setting(1e-5, "qat: learning rate of the fine-tune")
 
@@ -55,6 +62,14 @@ class QuantizeConfig(StepConfig):
         if not 0 <= self.max_accuracy_drop <= 1:
             raise UserError(f"{where}: max_accuracy_drop = {self.max_accuracy_drop}: must be a fraction in [0, 1] "
                             f"(0.01 = one accuracy point)")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UserError(f"{where}: block_size = {self.block_size}: must be a power of two of at least 16 "
+                            f"(16, 32, 64, 128)")
+        if self.algorithm not in INT4_ALGORITHMS:
+            raise UserError(f"{where}: algorithm = '{self.algorithm}' is not one of {', '.join(INT4_ALGORITHMS)}"
+                            f"{did_you_mean(self.algorithm, list(INT4_ALGORITHMS))}")
+        if self.accuracy_level != "auto" and self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise UserError(f"{where}: accuracy_level = {self.accuracy_level!r}: expected 0, 1, 2, 3, 4 or \"auto\"")
         if self.qat_steps < 1:
             raise UserError(f"{where}: qat_steps = {self.qat_steps}: must be at least 1")
         if not self.qat_lr > 0:
@@ -67,12 +82,19 @@ class QuantizeConfig(StepConfig):
             raise UserError(f"{where}: target: {e}") from None
 
     def check_model(self, model: Any, task: Any, where: str, from_base: bool) -> None:
+        if self.scheme == "int4" and not task.kv_cache:
+            raise UserError(f"{where}: scheme = 'int4' is weight-only 4-bit for language models (decoders and "
+                            f"seq2seq), whose token-by-token decoding is memory-bound; for {task.name} use scheme = "
+                            f"'int8-dynamic' or 'int8-static'")
         if self.scheme in ("pt2e", "qat") and not task.classifies:
             raise UserError(f"{where}: scheme = '{self.scheme}' supports classifiers (text and image); for "
                             f"{task.name} use scheme = 'int8-dynamic'")
         if self.scheme in ("pt2e", "qat") and model is None:
             raise UserError(f"{where}: scheme = '{self.scheme}' quantizes a PyTorch model, and model.source is an "
                             f"ONNX file; use scheme = 'int8-dynamic' or 'int8-static'")
+
+
+INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
 
 
 def int8_settings(step: QuantizeConfig) -> dict[str, Any]:

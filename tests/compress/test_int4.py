@@ -175,3 +175,39 @@ def test_int4_on_a_cnn_is_refused_before_any_work(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "scheme = 'int4' is weight-only 4-bit for language models" in p.stderr, p.stderr
     assert not (tmp_path / "r" / "train").exists()  # refused before training
+
+
+def test_generate_streams_the_tokens_of_evals_decode_steps(lm_run):
+    """`toolkit generate` (greedy) prints what the decode step function eval times produces on the INT4 graph."""
+    from transformers import AutoTokenizer
+
+    from toolkit.eval.generation import _prompt_ids
+
+    variants = load_variants(lm_run.variants)
+    tokenizer = AutoTokenizer.from_pretrained(lm_run.variants / "base" / "model")
+    prompt = "the cat sat"
+    ids = _prompt_ids(tokenizer, prompt, None, 0)
+    tokens = _greedy_with_cache(variants["int4"].onnx, ids, 10)
+    stop = tokenizer.eos_token_id
+    if stop in tokens:
+        tokens = tokens[: tokens.index(stop)]
+    p = subprocess.run([sys.executable, "-m", "toolkit", "generate", str(lm_run.path), "--variant", "int4",
+                        "--prompt", prompt, "--max-new-tokens", "10", "--threads", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.rstrip("\n") == tokenizer.decode(tokens, skip_special_tokens=True)
+    assert "time to first token" in p.stderr and "[int4, onnxruntime]" in p.stderr
+
+
+def test_generate_refuses_a_classifier_and_an_unknown_variant(lm_run, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "toolkit", "generate", str(lm_run.path), "--variant", "int9",
+                        "--prompt", "x"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--variant 'int9': no such variant" in p.stderr
+    recipe = tmp_path / "cls.toml"
+    recipe.write_text('name = "cls"\ntask = "image-classification"\n[data]\ntrain = "builtin:digits"\nlimit = 80\n'
+                      '[train]\nmax_steps = 2\nthreads = 1\ncheckpoint_every = 0\n', encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "toolkit", "train", str(recipe), "--out", str(tmp_path / "r"), "--quiet"],
+                   check=True, capture_output=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "toolkit", "generate", str(tmp_path / "r"), "--variant", "base",
+                        "--prompt", "x"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "classifies, it does not generate" in p.stderr, p.stderr

@@ -158,17 +158,12 @@ def create_app(served: ServedModel, max_batch: int = 16, max_wait_ms: float = 5.
             tokens.append(token)
 
     def prompt_ids(text: str, field: str, cap_new: int) -> list[int]:
-        from toolkit.data.clean import clean_text
-        from toolkit.eval.generation import _prompt_ids
-
-        text = clean_text(text, served.clean)
-        if served.endpoint == "generate":
-            ids = _prompt_ids(served.tokenizer, text, None, 0)
-            if served.prompt_limit is not None and len(ids) + cap_new > served.prompt_limit + 1:
-                raise RequestError(422, f"{field}: {len(ids)} prompt tokens + max_new_tokens {cap_new} exceed the "
-                                        f"model's {served.prompt_limit + 1} positions", field)
-            return ids
-        return list(served.tokenizer(text, truncation=True, max_length=served.prompt_limit or 512)["input_ids"])
+        ids = served.encode_prompt(text)
+        if (served.endpoint == "generate" and served.prompt_limit is not None
+                and len(ids) + cap_new > served.prompt_limit + 1):
+            raise RequestError(422, f"{field}: {len(ids)} prompt tokens + max_new_tokens {cap_new} exceed the "
+                                    f"model's {served.prompt_limit + 1} positions", field)
+        return ids
 
     def text_of(tokens: list[int]) -> str:
         return served.tokenizer.decode(tokens, skip_special_tokens=True)

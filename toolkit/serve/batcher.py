@@ -192,25 +192,31 @@ class Decoder:
                     s.emit(None, finish)
 
     def _advance(self, s: Stream) -> str | None:
-        """One step of ``s``; the reason it finished, or None."""
-        if s.cancelled:
-            return "cancelled"
-        ids = np.asarray(s.prompt if s.state is None else [s.prompt[-1]], dtype=np.int64)
         started = time.perf_counter()
-        try:
-            logits, s.state = self.step(ids, s.state)
-        except Exception as e:  # noqa: BLE001 - a failing stream ends with the error, the others go on
-            return f"error: {type(e).__name__}: {e}"
-        if self.on_step is not None:
+        finish = advance(self.step, s)
+        if self.on_step is not None and finish is None:
             self.on_step(time.perf_counter() - started)
-        token = s.forced_first if s.produced == 0 and s.forced_first is not None else pick(np.asarray(logits), s)
-        s.produced += 1
-        if s.forced_last is not None and s.produced >= s.max_new_tokens:
-            return "length"
-        if token in s.stop_ids:
-            return "stop"
-        s.prompt.append(token)
-        s.emit(token, None)
-        if s.produced >= s.max_new_tokens:
-            return "length"
-        return None
+        return finish
+
+
+def advance(step: Callable[[np.ndarray, Any], tuple[np.ndarray, Any]], s: Stream) -> str | None:
+    """One decode step of ``s``: the prompt on its first call, then the last token with the cache. Emits the new
+    token; returns why the stream finished ("stop", "length", "cancelled", "error: ..."), or None."""
+    if s.cancelled:
+        return "cancelled"
+    ids = np.asarray(s.prompt if s.state is None else [s.prompt[-1]], dtype=np.int64)
+    try:
+        logits, s.state = step(ids, s.state)
+    except Exception as e:  # noqa: BLE001 - a failing stream ends with the error, the others go on
+        return f"error: {type(e).__name__}: {e}"
+    token = s.forced_first if s.produced == 0 and s.forced_first is not None else pick(np.asarray(logits), s)
+    s.produced += 1
+    if s.forced_last is not None and s.produced >= s.max_new_tokens:
+        return "length"
+    if token in s.stop_ids:
+        return "stop"
+    s.prompt.append(token)
+    s.emit(token, None)
+    if s.produced >= s.max_new_tokens:
+        return "length"
+    return None

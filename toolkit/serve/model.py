@@ -68,6 +68,17 @@ class ServedModel:
     forced_last: int | None = None
     """its ``forced_eos_token_id``: the last allowed token is the end of the sequence"""
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt (language models: special tokens but no trailing EOS, as eval's decoding starts) or a source
+        text (seq2seq), cleaned as the training data was."""
+        from toolkit.data.clean import clean_text
+        from toolkit.eval.generation import _prompt_ids
+
+        text = clean_text(text, self.clean)
+        if self.endpoint == "generate":
+            return _prompt_ids(self.tokenizer, text, None, 0)
+        return list(self.tokenizer(text, truncation=True, max_length=self.prompt_limit or 512)["input_ids"])
+
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers."""
         return {"run": self.run.name, "run_dir": str(self.run), "variant": self.variant, "task": self.task.name,

@@ -53,10 +53,27 @@ def test_language_modeling_tinyshakespeare(shared_data, tmp_path):
         f"data.train={shared_data / 'tinyshakespeare' / 'input.txt'}", "data.limit=2000", "data.max_length=64",
         "model.vocab_size=500", "train.max_steps=60", "eval.limit=20", "eval.max_new_tokens=8",
         "eval.latency.new_tokens=8"])
-    _check(report, ["base", "student", "int8"], "perplexity")
+    _check(report, ["base", "student", "int8", "int4"], "perplexity")
     assert report["variants"][0]["latency"]["host"]["generation"]["new_tokens"] == 8
+    int4 = next(v for v in report["variants"] if v["name"] == "int4")
+    assert int4["parent"] == "student" and int4["size_bytes"] < next(
+        v for v in report["variants"] if v["name"] == "student")["size_bytes"]
     base = report["variants"][0]["metrics"]["perplexity"]
     assert 1 < base < 500, f"perplexity after 60 steps with a 500-token vocabulary: {base}"
+
+
+@pytest.mark.slow
+def test_small_lm_llama_int4_tinyshakespeare(shared_data, tmp_path):
+    report = _session("small-lm.toml", tmp_path / "run", [
+        f"data.train={shared_data / 'tinyshakespeare' / 'input.txt'}", "data.limit=2000", "data.max_length=64",
+        "model.vocab_size=500", "model.hidden_size=128", "model.layers=2", "train.max_steps=60", "eval.limit=20",
+        "eval.max_new_tokens=8", "eval.latency.new_tokens=8"])
+    _check(report, ["base", "int4", "int4-hqq"], "perplexity")
+    base = next(v for v in report["variants"] if v["name"] == "base")
+    assert base["params"] > 0 and 1 < base["metrics"]["perplexity"] < 500
+    for name in ("int4", "int4-hqq"):
+        v = next(x for x in report["variants"] if x["name"] == name)
+        assert v["size_bytes"] < 0.5 * base["size_bytes"], (name, v["size_bytes"], base["size_bytes"])
 
 
 @pytest.mark.slow

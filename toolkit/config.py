@@ -48,10 +48,11 @@ class DataConfig:
 class ModelConfig:
     """[model]: what is trained or compressed."""
 
-    source: str = setting("", "a local Hugging Face model directory, an .onnx file (compression only), or builtin:<name> (bert-tiny | gpt2-tiny | bart-tiny | cnn-small); empty: the task's built-in")
+    source: str = setting("", "a local Hugging Face model directory, an .onnx file (compression only), or builtin:<name> (bert-tiny | gpt2-tiny | llama-small | bart-tiny | cnn-small); empty: the task's built-in")
     hidden_size: int = setting(0, "built-in models: width (0 = the built-in's default)")
     layers: int = setting(0, "built-in models: number of layers (0 = default)")
     heads: int = setting(0, "built-in models: attention heads (0 = default)")
+    kv_heads: int = setting(0, "built-in llama-small: key/value heads for grouped-query attention (0 = heads / 2)")
     vocab_size: int = setting(4000, "built-in text models: size of the tokenizer trained on the training split")
 
 

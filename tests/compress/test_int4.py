@@ -65,7 +65,7 @@ def _weight_bytes(path: Path) -> int:
 
 
 def _greedy_with_cache(path: Path, prompt: list[int], n: int) -> list[int]:
-    from toolkit.eval.generation_steps import onnx_decoder_step
+    from toolkit.decode_steps import onnx_decoder_step
 
     step = onnx_decoder_step(path, 1)
     logits, state = step(np.array(prompt, dtype=np.int64), None)

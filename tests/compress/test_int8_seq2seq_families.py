@@ -131,7 +131,7 @@ def _branches(path: Path) -> dict[str, dict[str, int]]:
 @pytest.mark.parametrize("name", ["t5", "marian"])
 def test_int8_flow_on_the_family(name, data, tmp_path):
     from toolkit.compress.stage import run_compress
-    from toolkit.eval import generation_steps as gs
+    from toolkit import decode_steps as gs
     from toolkit.eval.latency_generation import time_generation
     from toolkit.eval.stage import run_eval
     from toolkit.export.stage import run_export
@@ -178,7 +178,7 @@ def test_int8_flow_on_the_family(name, data, tmp_path):
     g = record["latency"]["host"]["by_runtime"]["onnxruntime"]["generation"]
     assert g["new_tokens"] == 4 and g["ttft_ms"] > 0 and g["tokens_per_s"] > 0
 
-    # the timed decode (toolkit.eval.generation_steps) chooses the tokens of the loop written here, on the INT8
+    # the timed decode (toolkit.decode_steps) chooses the tokens of the loop written here, on the INT8
     # graphs, cache and all
     config = json.loads((int8 / "config.json").read_text())
     prompt = [int(t) for t in tok(lines[0])["input_ids"]]

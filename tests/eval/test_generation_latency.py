@@ -1,4 +1,4 @@
-"""Generation timing in each runtime (toolkit.eval.generation_steps): the cached decode steps must choose exactly the
+"""Generation timing in each runtime (toolkit.decode_steps): the cached decode steps must choose exactly the
 tokens an independent, cache-free greedy loop chooses (so the timed work is the real work), and the eval stage and
 `bench --new-tokens` report time to first token and tokens/s."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from toolkit.errors import UserError
-from toolkit.eval import generation_steps as gs
+from toolkit import decode_steps as gs
 from toolkit.eval.latency_generation import time_generation
 
 REPO = Path(__file__).resolve().parents[2]

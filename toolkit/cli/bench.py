@@ -92,7 +92,7 @@ def _run_generation(args: argparse.Namespace, threads: int, target_name: str | N
     """``--new-tokens``: time to first token and tokens/s of an ONNX language model or seq2seq pair."""
     import numpy as np
 
-    from toolkit.eval import generation_steps as gs
+    from toolkit import decode_steps as gs
     from toolkit.eval.backends import _onnx_vocab_sizes, first_line, require_file
     from toolkit.eval.latency_generation import time_generation
     from toolkit.eval.onnx_eval import read_config

@@ -271,7 +271,7 @@ def _choose_level(step: QuantizeConfig, graphs: dict[str, Path], ctx: Context, e
         return {"chosen": int(step.accuracy_level), "how": "set in the recipe"}
     import onnx
 
-    from toolkit.eval import generation_steps
+    from toolkit import decode_steps
 
     role = "decoder" if "decoder" in graphs else "model"
     variants_of = {}
@@ -284,8 +284,8 @@ def _choose_level(step: QuantizeConfig, graphs: dict[str, Path], ctx: Context, e
     prompt = np.arange(1, 17, dtype=np.int64) % 50 + 3
     steps = {}
     for level, g in variants_of.items():
-        steps[level] = (generation_steps.onnx_decoder_step(g["model"], 1) if role == "model" else
-                        generation_steps.onnx_seq2seq_step(g["encoder"], g["decoder"], 1, 0))
+        steps[level] = (decode_steps.onnx_decoder_step(g["model"], 1) if role == "model" else
+                        decode_steps.onnx_seq2seq_step(g["encoder"], g["decoder"], 1, 0))
     timings: dict[int, list[float]] = {level: [] for level in steps}
     for _ in range(5):  # rounds: every level once per round, so background load cannot favour one
         for level, step_fn in steps.items():
@@ -310,7 +310,7 @@ def _gptq_reader(step: QuantizeConfig, data: Any, graph: Path) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     from toolkit import onnxrt
-    from toolkit.eval.generation_steps import _empty
+    from toolkit.decode_steps import _empty
 
     session = onnxrt.open_session(graph)
     specs = {i.name: i for i in session.get_inputs()}

@@ -220,7 +220,7 @@ def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg:
     The prompt is the first timed sample's real tokens (a language model's prompt leaves room for the new tokens
     in the model's positions). EOS is ignored so every decode makes ``new_tokens`` tokens.
     """
-    from toolkit.eval import generation_steps as gs
+    from toolkit import decode_steps as gs
     from toolkit.eval.latency_generation import time_generation
     from toolkit.eval.onnx_eval import positions_in, read_config
 

@@ -24,6 +24,9 @@ class Builtin:
 BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("bert-tiny", "bert", hidden=128, layers=2),
     Builtin("gpt2-tiny", "gpt2", hidden=128, layers=2),
+    # a Llama-shaped decoder (grouped-query attention, RoPE, SwiGLU, RMSNorm, tied embeddings): the shape of the
+    # small LMs people ship (SmolLM, Qwen, Gemma), a few million parameters at the defaults
+    Builtin("llama-small", "gpt2", hidden=256, layers=4),
     Builtin("bart-tiny", "bart", hidden=128, layers=2),
     # cnn-small: hidden is the last block's width, layers the number of depthwise-separable blocks.
     Builtin("cnn-small", None, hidden=64, layers=2),
@@ -116,6 +119,26 @@ def gpt2_tiny(recipe: Recipe, tokenizer: Any):
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=max_positions(recipe), n_embd=hidden, n_layer=layers, n_head=heads,
         n_inner=4 * hidden, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+
+def llama_small(recipe: Recipe, tokenizer: Any):
+    """LlamaForCausalLM: 4 layers, 256 wide, 4 query heads sharing 2 key/value heads (``model.kv_heads``), SwiGLU
+    MLP 688 wide (≈ 8/3 × hidden, a multiple of 8), RoPE, tied embeddings; byte-level BPE as GPT-2's."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    hidden, layers, heads = dims(recipe, "llama-small")
+    kv_heads = recipe.model.kv_heads if recipe.model.kv_heads > 0 else max(1, heads // 2)
+    if heads % kv_heads:
+        raise UserError(f"model.kv_heads = {kv_heads} does not divide model.heads = {heads}: grouped-query attention "
+                        f"shares each key/value head among an equal number of query heads")
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=-(-hidden * 8 // 3 // 8) * 8,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions(recipe), rms_norm_eps=1e-5, rope_theta=10000.0,
+        attention_dropout=recipe.train.dropout, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos,
         pad_token_id=eos)
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 

@@ -5,7 +5,7 @@ What eval does to an example is what the server does to a request: the task enco
 variant (tokenizer, ``preprocess.json`` with the recipe's ``data.clean`` steps, the image processor's steps,
 ``labels.json``; ``Task.encode_bundle``), the task's collate pads a batch, ONNX Runtime (or PyTorch, or
 ExecuTorch) runs it, and a softmax gives the class probabilities, as ``toolkit.eval.onnx_eval`` computes them.
-Language models decode through the step functions that eval times (``toolkit.eval.generation_steps``).
+Language models decode through the step functions that eval times (``toolkit.decode_steps``).
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def _infer(served: ServedModel, v: Any) -> Callable[[dict[str, Any]], np.ndarray
 
 
 def _generator(served: ServedModel, v: Any, variants: dict[str, Any], folder: Path | None) -> None:
-    from toolkit.eval import generation_steps as steps
+    from toolkit import decode_steps as steps
     from toolkit.eval.onnx_eval import positions_in, read_bundle, read_config
     from toolkit.models import load_tokenizer
     from toolkit.variants import graph_files

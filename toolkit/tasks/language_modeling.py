@@ -74,7 +74,7 @@ def eos_of(tokenizer: Any) -> int | None:
 class LanguageModeling:
     name: str
     data = DataSpec(text_files=True, contiguous=True, text_keys=("text",))
-    builtins = ("gpt2-tiny",)
+    builtins = ("gpt2-tiny", "llama-small")
     auto_class = "AutoModelForCausalLM"
     main_metric = MainMetric("perplexity", False, "relative")
     secondary_metric = None
@@ -116,6 +116,7 @@ class LanguageModeling:
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
         from toolkit.models import cached_tokenizer, gpt2_tiny, load_model, load_tokenizer, resolve_source
+        from toolkit.models.builtin import llama_small
         from toolkit.models.pretrained import read_preprocess
 
         src = resolve_source(recipe)
@@ -125,7 +126,7 @@ class LanguageModeling:
             tokenizer, tok_dir = cached_tokenizer([ex["text"] for ex in splits.train], "gpt2",
                                                   recipe.model.vocab_size, Path(work_dir) / "tokenizer")
             with seeded(recipe.seed):
-                model = gpt2_tiny(recipe, tokenizer)
+                model = (llama_small if src.name == "llama-small" else gpt2_tiny)(recipe, tokenizer)
             info.update(tokenizer="trained", tokenizer_dir=str(tok_dir))
         else:
             check_saved_task(src.path, self.name, read_preprocess(src.path))

@@ -211,3 +211,28 @@ def test_generate_refuses_a_classifier_and_an_unknown_variant(lm_run, tmp_path):
     p = subprocess.run([sys.executable, "-m", "toolkit", "generate", str(tmp_path / "r"), "--variant", "base",
                         "--prompt", "x"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "classifies, it does not generate" in p.stderr, p.stderr
+
+
+def test_int4_of_a_seq2seq_decoder_keeps_the_merged_cache(tmp_path):
+    """The merged decoder (both If branches) gets 4-bit weights; the encoder stays float; translation still runs."""
+    rng = random.Random(2)
+    pairs = {"a": "ein", "big": "grosser", "dog": "hund", "cat": "katze", "runs": "rennt", "sleeps": "schlaeft"}
+    src = [" ".join(rng.choice(list(pairs)) for _ in range(rng.randint(2, 5))) for _ in range(240)]
+    (tmp_path / "train.en").write_text("\n".join(src) + "\n", encoding="utf-8")
+    (tmp_path / "train.de").write_text("\n".join(" ".join(pairs[w] for w in s.split()) for s in src) + "\n",
+                                       encoding="utf-8")
+    recipe = recipe_from_dict({**COMMON, "name": "int4-mt", "task": "seq2seq",
+                               "data": {"train": [str(tmp_path / "train.en"), str(tmp_path / "train.de")],
+                                        "max_length": 16, "split": [0.8, 0.1, 0.1]},
+                               "model": {"source": "builtin:bart-tiny", "vocab_size": 120},
+                               "compress": [dict(STEPS[0])]}, str(tmp_path / "recipe.toml"))
+    run = RunDir(tmp_path / "run")
+    run_session(recipe, run)
+    v = load_variants(run.variants)["int4"]
+    decoder, encoder = v.path / "decoder_model_merged.onnx", v.path / "encoder_model.onnx"
+    from toolkit.compress._shared.graphs import op_counts
+
+    assert op_counts(onnx.load(str(decoder))).get("MatMulNBits", 0) >= 8  # inside both branches of the If
+    assert "MatMulNBits" not in _ops(encoder) and v.info["float_graphs"] == ["encoder"]
+    report = (run.path / "report.json").read_text()
+    assert '"int4"' in report and '"bleu"' in report

@@ -115,14 +115,18 @@ def _generation(variants: list[dict[str, Any]]) -> list[str]:
             g = entry.get("generation") if isinstance(entry, dict) else None
             if isinstance(g, dict) and isinstance(g.get("ttft_ms"), (int, float)):
                 tps = g.get("tokens_per_s")
+                grown = entry.get("rss_growth_mb")
                 rows.append(f"| `{v['name']}` | {runtime} | {ms(g['ttft_ms'])} | "
                             f"{f'{tps:.1f}' if isinstance(tps, (int, float)) else '—'} | "
-                            f"{g.get('prompt_tokens', '—')} → {g.get('new_tokens', '—')} |")
+                            f"{g.get('prompt_tokens', '—')} → {g.get('new_tokens', '—')} | "
+                            f"{size(entry.get('model_size_bytes'))} | "
+                            f"{f'{grown:.1f} MB' if isinstance(grown, (int, float)) else '—'} |")
     if not rows:
         return []
     return ["## Generation on the host", "",
-            "| variant | runtime | time to first token | tokens/s (decode) | prompt → new tokens |",
-            "|---|---|---|---|---|", *rows, ""]
+            "| variant | runtime | time to first token | tokens/s (decode) | prompt → new tokens | file | memory |",
+            "|---|---|---|---|---|---|---|", *rows, "",
+            "memory: what loading and running the variant added to the process's peak resident set.", ""]
 
 
 def _latency_cell(report: dict[str, Any], v: dict[str, Any], t: str) -> str:

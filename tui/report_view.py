@@ -216,6 +216,23 @@ def _rel(path: Any, run_dir: Path) -> str:
         return str(p)
 
 
+def generation_text(latency: dict[str, Any]) -> Text:
+    """Generation timing per runtime on the host (language models, seq2seq): TTFT, decode tokens/s, file, memory."""
+    out = Text()
+    by_runtime = (latency.get("host") or {}).get("by_runtime") or {}
+    for runtime, entry in by_runtime.items():
+        g = entry.get("generation") if isinstance(entry, dict) else None
+        if not isinstance(g, dict) or not isinstance(g.get("ttft_ms"), (int, float)):
+            continue
+        tps, grown = g.get("tokens_per_s"), entry.get("rss_growth_mb")
+        out.append(f"  generation ({runtime}): ", style="bold")
+        out.append(f"first token {fmt_ms(g['ttft_ms'])}, "
+                   f"{f'{tps:.1f}' if isinstance(tps, (int, float)) else '?'} tokens/s decode, "
+                   f"file {fmt_bytes(entry.get('model_size_bytes'))}"
+                   + (f", +{grown:.1f} MB memory" if isinstance(grown, (int, float)) else "") + "\n")
+    return out
+
+
 def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[str, dict] | None = None) -> Text:
     """A variant's detail: what its step did (variant.json), layers kept in float, files and their
     verification (export.json), metrics, latency per target, and benchmarks run from the UI."""
@@ -285,6 +302,7 @@ def detail_text(report: dict[str, Any], name: str, run_dir: Path, bench: dict[st
             out.append(f"  {target}: {mark}p50 {fmt_ms(lat.get('p50_ms'))} {mark}p90 {fmt_ms(lat.get('p90_ms'))} "
                        f"{mark}p99 {fmt_ms(lat.get('p99_ms'))}, {lat.get('threads', '?')} threads, "
                        f"{lat.get('runtime', '?')}, {lat.get('source', '?')}\n", style=ESTIMATED if est else "")
+        out.append_text(generation_text(latency))
     out.append("files", style="bold underline")
     export = _read_json(run_dir / "variants" / name / "export.json")
     files = (export or {}).get("files") or v.get("files") or []

@@ -442,3 +442,15 @@ def test_every_mark_shown_has_a_legend(fixture_runs: Path, waiter) -> None:
             assert "files  ✓ verified  ✗ check failed" in detail
             assert "latency  ~ estimated from the profile, not measured" in detail
     run(body())
+
+
+def test_the_detail_pane_shows_generation_timing_per_runtime():
+    from tui.report_view import generation_text
+
+    latency = {"host": {"by_runtime": {
+        "onnxruntime": {"generation": {"ttft_ms": 12.5, "tokens_per_s": 80.25}, "model_size_bytes": 3 * 2**20,
+                        "rss_growth_mb": 41.0},
+        "torch": {"p50_ms": 3.0}}}}
+    text = str(generation_text(latency))
+    assert "generation (onnxruntime): first token 12.5 ms, 80.2 tokens/s decode, file 3.0 MiB, +41.0 MB memory" in text
+    assert "torch" not in text  # no generation measured there

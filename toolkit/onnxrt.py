@@ -50,7 +50,8 @@ def scratch_cwd() -> Iterator[Path]:
 
 
 def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str | None = None,
-                 providers: Sequence[str] | None = None, timing: bool = False, optimize: bool = True) -> Any:
+                 providers: Sequence[str] | None = None, timing: bool = False, optimize: bool = True,
+                 spinning: bool = True) -> Any:
     """An ``onnxruntime.InferenceSession`` for an ``.onnx`` or ``.ort`` file (or an in-memory ``ModelProto``).
 
     Args:
@@ -60,6 +61,8 @@ def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str
         timing: the latency harness's settings: one inter-op thread, sequential execution, every graph
             optimisation, only fatal log lines.
         optimize: False runs the graph as written (no fusions): the estimator's kernel timings.
+        spinning: False stops the intra-op threads from busy-waiting between calls: a server shares the CPUs
+            with its own HTTP handling, which the spinning threads would starve.
 
     Raises:
         UnsupportedOpError: the runtime has no kernel for an op of the graph (the message names op and format).
@@ -84,6 +87,8 @@ def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:  # a chain of Adds stays a chain: kernels are timed, not what a fusion leaves
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

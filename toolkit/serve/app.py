@@ -125,7 +125,7 @@ def create_app(served: ServedModel, max_batch: int = 16, max_wait_ms: float = 5.
         return PlainTextResponse(body, media_type=content_type)
 
     @app.post("/v1/predict")
-    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         wrong("predict")
         ready()
         started = time.perf_counter()
@@ -137,7 +137,8 @@ def create_app(served: ServedModel, max_batch: int = 16, max_wait_ms: float = 5.
         probs = await _within(state["batcher"].submit(items), timeout_s, metrics, request.url.path)
         out = [_prediction(row, served.labels) for row in probs]
         metrics.request(request.url.path, 200, time.perf_counter() - started)
-        return {"predictions": out, "variant": served.variant}
+        # a JSONResponse as is: FastAPI would walk a returned dict through jsonable_encoder first (~0.3 ms here)
+        return JSONResponse({"predictions": out, "variant": served.variant})
 
     async def start_stream(prompt: list[int], body: Any) -> tuple[asyncio.Queue, Stream]:
         loop = asyncio.get_running_loop()

@@ -203,7 +203,7 @@ def _infer(served: ServedModel, v: Any) -> Callable[[dict[str, Any]], np.ndarray
     if served.runtime == "onnxruntime":
         from toolkit import onnxrt
 
-        session = onnxrt.open_session(v.onnx, threads=served.threads)
+        session = onnxrt.open_session(v.onnx, threads=served.threads, spinning=False)
         out = onnxrt.output_name(session)
 
         def run_onnx(batch: dict[str, Any]) -> np.ndarray:

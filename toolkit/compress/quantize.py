@@ -37,8 +37,9 @@ class QuantizeConfig(StepConfig):
     optimize: bool = setting(True, "run ONNX Runtime's transformer optimizer (attention/GELU/LayerNorm fusions) first")
     block_size: int = setting(32, "int4: weights per block sharing one scale (a power of two, at least 16)")
     symmetric: bool = setting(True, "int4 (rtn): symmetric blocks (no zero points); false stores a zero point per block")
-    algorithm: str = setting("rtn", "int4: rtn (round to nearest) | hqq (half-quadratic, no data) | gptq (calibrated "
-                             "on calibration_samples training texts)")
+    algorithm: str = setting("rtn", "int4: rtn (round to nearest) | hqq (half-quadratic, no data; float zero points "
+                             "run ONNX Runtime's slow CPU kernel) | gptq (calibrated on calibration_samples training "
+                             "texts)")
     accuracy_level: int | str = setting("auto", "int4: MatMulNBits kernel: 0 | 1 (float) | 4 (int8 activations) | "
                                         "\"auto\" (the fastest decode on this machine, measured and recorded)")
     quantize_embedding: bool = setting(True, "int4: the embedding lookup in 4 bits too (GatherBlockQuantized)")

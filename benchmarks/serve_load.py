@@ -28,17 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.targets.host import host_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 LEVELS = (1, 8, 32)
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
-    return f"{cpu}, {os.cpu_count()} cores, {'/'.join(isa)}"
 
 
 def build_run(work: Path, train_limit: int) -> Path:
@@ -195,7 +189,7 @@ def main() -> int:
         code = proc.wait(timeout=60)
     med = {c: {k: statistics.median(x[k] for x in v) for k in ("throughput", "p50_ms", "p99_ms", "mean_batch")}
            | {"errors": sum(x["errors"] for x in v), "requests": sum(x["requests"] for x in v)} for c, v in rows.items()}
-    out = {"date": date.today().isoformat(), "machine": machine(), "threads": args.threads, "rounds": args.rounds,
+    out = {"date": date.today().isoformat(), "machine": host_summary(), "threads": args.threads, "rounds": args.rounds,
            "levels": med, "bare_session_p50_ms": statistics.median(bare), "server_exit": code,
            "speedup_32_vs_1": med["32"]["throughput"] / med["1"]["throughput"]}
     print(f"\n{out['date']} · {out['machine']} · MiniLM INT8 (dynamic, ONNX Runtime), {args.threads} threads, "

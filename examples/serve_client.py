@@ -18,6 +18,13 @@ from pathlib import Path
 import httpx
 
 
+def refused(r: httpx.Response) -> int:
+    """Print the server's one-line error (it names the field) and return the exit code."""
+    r.read()
+    print(f"{r.status_code}: {r.json()['error']}", file=sys.stderr)
+    return 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("endpoint", choices=["predict", "generate", "translate"])
@@ -36,8 +43,7 @@ def main() -> int:
                       else args.inputs)
             r = client.post("/v1/predict", json={"inputs": inputs})
             if r.status_code != 200:
-                print(f"{r.status_code}: {r.json()['error']}", file=sys.stderr)
-                return 1
+                return refused(r)
             for name, pred in zip(args.inputs, r.json()["predictions"]):
                 print(f"{pred['label']}\t{pred['score']:.3f}\t{name}")
             return 0
@@ -46,9 +52,7 @@ def main() -> int:
                     "temperature": args.temperature, "stream": True}
             with client.stream("POST", "/v1/generate", json=body) as r:
                 if r.status_code != 200:
-                    r.read()
-                    print(f"{r.status_code}: {r.json()['error']}", file=sys.stderr)
-                    return 1
+                    return refused(r)
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
@@ -57,8 +61,7 @@ def main() -> int:
             return 0
         r = client.post("/v1/translate", json={"inputs": args.inputs, "max_new_tokens": args.max_new_tokens})
         if r.status_code != 200:
-            print(f"{r.status_code}: {r.json()['error']}", file=sys.stderr)
-            return 1
+            return refused(r)
         for src, out in zip(args.inputs, r.json()["translations"]):
             print(f"{src}\t{out['text']}")
         return 0

@@ -280,3 +280,14 @@ def test_cli_unknown_target_is_exit_2_one_line():
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "did you mean 'raspberry-pi-4'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_host_summary_names_the_cpu_cores_and_the_isa_flags_it_has():
+    from toolkit.targets.host import _cpuinfo, detect_host, host_summary
+
+    line = host_summary()
+    host = detect_host()
+    assert f", {host.cores} cores, " in line
+    flags = set(_cpuinfo().get("flags", "").split())
+    for flag in ("avx2", "avx512_vnni"):  # the flags that decide which INT8 kernels run
+        assert (flag in line) == (flag in flags), (flag, line)

@@ -40,14 +40,6 @@ CPU = torch.device("cpu")
 CLASSES = ["0", "1", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     """90 digits of classes 0-2 as PNGs: every other one RGB, sizes 16, 24 and 40 px (nearest upscaling)."""

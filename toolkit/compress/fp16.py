@@ -52,7 +52,7 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
 
     from toolkit.compress._shared import graphs as common
     from toolkit.compress._shared.data import evaluate_onnx, split_data
-    from toolkit.compress._shared.guard import guard
+    from toolkit.compress._shared.guard import guard, record_guard
 
     out_dir = ctx.variant_dir(step.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,13 +117,9 @@ def fp16(step: FP16Config, parent: Variant, ctx: Context) -> Variant:
             info.update({k: v for k, v in stats["model"].items() if k != "file"})
         else:
             info["graphs"] = stats
-        if result is not None:
-            info["guard"] = result.to_info(metric)
-            info["validation"] = {"metric": metric, "parent": result.baseline, "variant": result.metric}
-            if not result.within_budget:
-                info["note"] = (f"FP16 lost more than the budget of {step.max_accuracy_drop:g}: validation {metric} "
-                                f"{result.metric:.4f} vs {result.baseline:.4f} for the parent; the variant is kept "
-                                f"and flagged.")
+        record_guard(info, result, metric, lambda: (
+            f"FP16 lost more than the budget of {step.max_accuracy_drop:g}: validation {metric} {result.metric:.4f} "
+            f"vs {result.baseline:.4f} for the parent; the variant is kept and flagged."))
         ctx.emit.log(f"{step.name}: float16 ONNX, {info['float16_initializers']} of {info['initializers']} "
                      f"initializers in float16, {info['size_ratio']:.0%} of the float32 file"
                      + ("s" if len(roles) > 1 else "")

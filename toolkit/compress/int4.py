@@ -73,7 +73,7 @@ def matmul_form(model: Any) -> dict[str, int]:
         return added[name]
 
     for g in graphs:
-        for index, node in enumerate(list(g.node)):
+        for node in list(g.node):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if (node.op_type == "Gemm" and node.input[1] in inits and attrs.get("transA", 0) == 0
                     and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0):
@@ -175,7 +175,7 @@ def int4(step: QuantizeConfig, parent: Variant, ctx: Context) -> Variant:
 
     from toolkit.compress._shared import data as shared_data
     from toolkit.compress._shared import graphs as common
-    from toolkit.compress._shared.guard import guard
+    from toolkit.compress._shared.guard import guard, record_guard
 
     emit = ctx.emit
     out_dir = ctx.variant_dir(step.name)
@@ -237,15 +237,10 @@ def int4(step: QuantizeConfig, parent: Variant, ctx: Context) -> Variant:
             "float_graphs": [r for r in roles if r != role], "layers_in_float": kept, "layer_groups": len(groups),
             "size_ratio_graph": round(size_bytes(paths[role]) / max(size_bytes(floats[role]), 1), 4),
         }
-        if result is not None:
-            info["guard"] = result.to_info(metric_name)
-            info["validation"] = {"metric": metric_name, "parent": result.baseline, "variant": result.metric}
-            if not result.within_budget:
-                info["note"] = (f"INT4 lost more than the budget of {step.max_accuracy_drop:g}: validation "
-                                f"{metric_name} {result.metric:.4f} vs {result.baseline:.4f}; try algorithm = "
-                                f"'hqq' or 'gptq', a smaller block_size, or raise max_accuracy_drop")
-        else:
-            info["guard"] = {"skipped": "no validation data for this model (see the log)"}
+        record_guard(info, result, metric_name, lambda: (
+            f"INT4 lost more than the budget of {step.max_accuracy_drop:g}: validation {metric_name} "
+            f"{result.metric:.4f} vs {result.baseline:.4f}; try algorithm = 'hqq' or 'gptq', a smaller block_size, "
+            f"or raise max_accuracy_drop"))
         emit.log(f"{step.name}: {info['quantized_nodes']} MatMuls in 4 bits ({step.algorithm}, block "
                  f"{step.block_size}, accuracy_level {set_level}); embedding: {info['embedding']}; graph "
                  f"{info['size_ratio_graph']:.2f}× its float size")

@@ -38,7 +38,7 @@ def ort_quantize(step: QuantizeConfig, parent: Variant, ctx: Context) -> Variant
 
     from toolkit.compress._shared import data as shared_data
     from toolkit.compress._shared import graphs as common
-    from toolkit.compress._shared.guard import guard
+    from toolkit.compress._shared.guard import guard, record_guard
 
     emit = ctx.emit
     out_dir = ctx.variant_dir(step.name)
@@ -117,13 +117,7 @@ def ort_quantize(step: QuantizeConfig, parent: Variant, ctx: Context) -> Variant
             info["graphs"] = stats
         if reader is not None:
             info["calibration"] = {"method": step.calibration_method, "samples": reader.count, "split": "train"}
-        if result is not None:
-            info["guard"] = result.to_info(metric_name)
-            info["validation"] = {"metric": metric_name, "parent": result.baseline, "variant": result.metric}
-            if not result.within_budget:
-                info["note"] = over_budget_note(step, metric_name, result)
-        else:
-            info["guard"] = {"skipped": "no validation data for this model (see the log)"}
+        record_guard(info, result, metric_name, lambda: over_budget_note(step, metric_name, result))
         float_ops = info["float_op_types"]
         emit.log(f"{step.name}: {info['quantized_nodes']} nodes INT8 ({fmt['label']}"
                  + (f", {' + '.join(p.name for p in paths.values())}" if len(roles) > 1 else "") + "); in float: "

@@ -143,6 +143,11 @@ def llama_small(recipe: Recipe, tokenizer: Any):
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
+def causal_lm(name: str, recipe: Recipe, tokenizer: Any):
+    """The built-in decoder called ``name`` (the language-modelling task's built-ins)."""
+    return {"gpt2-tiny": gpt2_tiny, "llama-small": llama_small}[name](recipe, tokenizer)
+
+
 def bart_tiny(recipe: Recipe, tokenizer: Any):
     """BartForConditionalGeneration: 2 encoder + 2 decoder layers, d_model 128 by default."""
     from transformers import AutoModelForSeq2SeqLM, BartConfig

@@ -134,3 +134,13 @@ def detect_host() -> Target:
         budget=Budget(max_model_mb=float(memory_mb // 4), max_memory_mb=float(memory_mb // 2)),
         reach=Reach(kind="local"),
     )
+
+
+def host_summary() -> str:
+    """One line for a benchmark table: the CPU, its usable cores and the ISA that decides which kernels run
+    (e.g. "AMD EPYC, 2 cores, avx2/avx512f/avx512_vnni")."""
+    host = detect_host()
+    cpu = host.description.removeprefix("this machine (").removesuffix("), detected at run time")
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "neon", "dotprod", "i8mm") if f in host.isa]
+    return f"{cpu}, {host.cores} cores, {'/'.join(shown) or 'baseline ISA'}"
+

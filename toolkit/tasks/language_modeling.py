@@ -115,8 +115,8 @@ class LanguageModeling:
         return Bundled({k: encode(v) for k, v in splits.items()}, collate, [], tokenizer, preprocess)
 
     def prepare(self, recipe: Recipe, splits: Splits, work_dir: Path) -> Prepared:
-        from toolkit.models import cached_tokenizer, gpt2_tiny, load_model, load_tokenizer, resolve_source
-        from toolkit.models.builtin import llama_small
+        from toolkit.models import cached_tokenizer, load_model, load_tokenizer, resolve_source
+        from toolkit.models.builtin import causal_lm
         from toolkit.models.pretrained import read_preprocess
 
         src = resolve_source(recipe)
@@ -126,7 +126,7 @@ class LanguageModeling:
             tokenizer, tok_dir = cached_tokenizer([ex["text"] for ex in splits.train], "gpt2",
                                                   recipe.model.vocab_size, Path(work_dir) / "tokenizer")
             with seeded(recipe.seed):
-                model = (llama_small if src.name == "llama-small" else gpt2_tiny)(recipe, tokenizer)
+                model = causal_lm(src.name, recipe, tokenizer)
             info.update(tokenizer="trained", tokenizer_dir=str(tok_dir))
         else:
             check_saved_task(src.path, self.name, read_preprocess(src.path))

@@ -52,6 +52,18 @@ class GuardResult:
         return out
 
 
+def record_guard(info: dict[str, Any], result: GuardResult | None, metric_name: str | None,
+                 note: Callable[[], str]) -> None:
+    """Write the guard's outcome into a variant's ``info``: "guard", "validation" and, over budget, ``note()``."""
+    if result is None:
+        info["guard"] = {"skipped": "no validation data for this model (see the log)"}
+        return
+    info["guard"] = result.to_info(metric_name or "metric")
+    info["validation"] = {"metric": metric_name, "parent": result.baseline, "variant": result.metric}
+    if not result.within_budget:
+        info["note"] = note()
+
+
 def _r(x: float) -> float:
     return round(float(x), 6) if x is not None and math.isfinite(x) else x
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if token is None:
             return
         tokens.append(token)
-        text = served.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = served.detokenize(tokens)
         sys.stdout.write(text[len(shown):])
         sys.stdout.flush()
         shown = text
@@ -70,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
             first = time.perf_counter() - started
     total = time.perf_counter() - started
     sys.stdout.write("\n")
+    sys.stdout.flush()
     if finish.startswith("error"):
         raise UserError(f"generation stopped: {finish}")
-    decode = (total - first) / max(stream.produced - 1, 1)
+    speed = (f", decode {(stream.produced - 1) / (total - first):.1f} tokens/s" if stream.produced > 1 else "")
     print(f"[{served.variant}, {served.runtime}] {stream.produced} tokens ({finish}); time to first token "
-          f"{first * 1e3:.1f} ms, decode {1 / decode if decode > 0 else float('inf'):.1f} tokens/s", file=sys.stderr)
+          f"{first * 1e3:.1f} ms{speed}", file=sys.stderr)
     return 0

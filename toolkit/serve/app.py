@@ -167,7 +167,7 @@ def create_app(served: ServedModel, max_batch: int = 16, max_wait_ms: float = 5.
         return ids
 
     def text_of(tokens: list[int]) -> str:
-        return served.tokenizer.decode(tokens, skip_special_tokens=True)
+        return served.detokenize(tokens)
 
     async def sse(queue: asyncio.Queue, stream: Stream, request: Request, path: str,
                   started: float) -> AsyncIterator[str]:

@@ -63,6 +63,9 @@ class ServedModel:
     prompt_limit: int | None = None
     """the longest prompt the model's positions allow (tokens)"""
     stop_ids: set[int] = field(default_factory=set)
+    line_break_ids: set[int] = field(default_factory=set)
+    """EOS of a language model trained on lines each followed by EOS: a line break to it, not the end of the text,
+    so generation goes on through it and the text shows a newline"""
     forced_first: int | None = None
     """the generation config's ``forced_bos_token_id`` (seq2seq), forced as the first output token"""
     forced_last: int | None = None
@@ -78,6 +81,20 @@ class ServedModel:
         if self.endpoint == "generate":
             return _prompt_ids(self.tokenizer, text, None, 0)
         return list(self.tokenizer(text, truncation=True, max_length=self.prompt_limit or 512)["input_ids"])
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Generated token ids as text (special tokens dropped; a line-break EOS shown as a newline)."""
+        if not self.line_break_ids:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        lines, current = [], []
+        for t in tokens:
+            if t in self.line_break_ids:
+                lines.append(current)
+                current = []
+            else:
+                current.append(t)
+        lines.append(current)
+        return "\n".join(self.tokenizer.decode(line, skip_special_tokens=True) for line in lines)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers."""
@@ -250,6 +267,8 @@ def _generator(served: ServedModel, v: Any, variants: dict[str, Any], folder: Pa
             for i in (source if isinstance(source, list) else [source]):
                 if isinstance(i, int):
                     served.stop_ids.add(i)
+    if preprocess.get("eos_between_lines") and served.endpoint == "generate":
+        served.line_break_ids, served.stop_ids = set(served.stop_ids), set()
     gen_file = folder / "generation_config.json"
     generation = json.loads(gen_file.read_text(encoding="utf-8")) if gen_file.is_file() else {}
     forced = generation.get("forced_bos_token_id", config.get("forced_bos_token_id"))

@@ -143,7 +143,9 @@ class LanguageModeling:
         # "clean": the recipe's text cleaning, so a bundle or `toolkit serve` applies it to raw inputs too
         preprocess = {"task": self.name, "clean": list(recipe.data.clean),
                       "max_length": block, "block_size": block, "tokenizer": "tokenizer.json",
-                      "input_names": ["input_ids", "attention_mask"], "eos_token_id": eos_id, "pad_token_id": pad_id}
+                      "input_names": ["input_ids", "attention_mask"], "eos_token_id": eos_id, "pad_token_id": pad_id,
+                      # each line of the text was followed by EOS (group_texts): to the model, EOS is a line break
+                      "eos_between_lines": eos_id is not None}
 
         def save(m: torch.nn.Module, out_dir: Path) -> None:
             from toolkit.models import unwrap

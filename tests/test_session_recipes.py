@@ -74,6 +74,9 @@ def test_small_lm_llama_int4_tinyshakespeare(shared_data, tmp_path):
     for name in ("int4", "int4-hqq"):
         v = next(x for x in report["variants"] if x["name"] == name)
         assert v["size_bytes"] < 0.5 * base["size_bytes"], (name, v["size_bytes"], base["size_bytes"])
+        files = {f["format"]: f for f in v["files"]}
+        assert files["onnx"]["verified"] is True, files["onnx"]  # within the recipe's export bounds
+        assert files["ort"]["verified"] is None  # skipped with its reason: the ORT format has no 4-bit tensors
 
 
 @pytest.mark.slow

@@ -88,9 +88,27 @@ def _export(job: ExportJob) -> ExportResult | str:
     if onnx_result is None:
         return (f"{job.variant.name} has no ONNX graph to convert" if not job.variant.has_pytorch else
                 "the ONNX export failed, so there is nothing to convert")
+    four_bit = [p.name for p in onnx_result.files if _has_4bit_tensors(p)]
+    if four_bit:
+        return (f"ORT format files cannot hold 4-bit tensors ({', '.join(four_bit)}: onnxruntime "
+                f"{_ort_version()} rejects them); ship the .onnx, which ONNX Runtime Mobile loads as well")
     # the converter's config helper logs each file it writes at INFO on its own handler: keep the console quiet
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     return export_ort(onnx_result)
+
+
+def _has_4bit_tensors(path: Path) -> bool:
+    """An INT4 / UINT4 initializer anywhere (GatherBlockQuantized's 4-bit embedding writes one)."""
+    import onnx
+
+    four = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    return any(t.data_type in four for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def _runners(result: ExportResult) -> list:

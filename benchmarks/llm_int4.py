@@ -6,13 +6,14 @@ Two models (no pretrained small decoder is available offline):
 (b) speed — a decoder with SmolLM2-135M's exact shapes (Llama, hidden 576, 30 layers, 9 heads / 3 key-value heads,
     vocabulary 49,152, tied embeddings) and random weights, since speed depends on shapes, not on training:
     optimum's FP32 ONNX export with its KV cache, ONNX Runtime dynamic INT8 of it, and the toolkit's INT4
-    (`scheme = "int4"`: RTN and HQQ, block 32).
+    (`scheme = "int4"`: RTN and HQQ, block 32); and ExecuTorch programs with the KV cache inside: FP32 and
+    `scheme = "8da4w"` (int8 dynamic activations, int4 weights in groups of 32, XNNPACK), `--context` positions.
 
 Speed: batch 1, a 64-token prompt, 128 new tokens (greedy, through `toolkit.decode_steps`, the loop eval times),
 1 and 2 threads. Each measurement runs in a fresh process (so peak RSS is that variant's alone); variants alternate
 in rounds and the figures are medians of rounds.
 
-    python benchmarks/llm_int4.py [--rounds 3] [--skip-quality] [--json out.json]
+    python benchmarks/llm_int4.py [--rounds 3] [--skip-quality] [--skip-pte] [--context 256] [--json out.json]
 """
 from __future__ import annotations
 
@@ -79,14 +80,38 @@ def build_speed_models(work: Path) -> dict[str, Path]:
     return out
 
 
+def build_pte_models(work: Path, context: int) -> dict[str, Path]:
+    """FP32 and 8da4w (`scheme = "8da4w"`) ExecuTorch programs of the same decoder, KV cache inside, ``context``
+    positions (an app sizes its cache to the context it serves; the static cache is attended in full each step)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.compress.a8w4 import quantize_8da4w
+    from toolkit.export.executorch import export_pte_decoder
+
+    out = {"pte-fp32": work / "pte-fp32" / "model.pte", "pte-8da4w": work / "pte-8da4w" / "model.pte"}
+    for name, path in out.items():
+        if path.exists():
+            continue
+        model = AutoModelForCausalLM.from_pretrained(work / "smol-shaped", attn_implementation="sdpa").eval()
+        model.config.max_position_embeddings = context
+        t0 = time.time()
+        if name == "pte-8da4w":
+            with torch.no_grad():
+                quantize_8da4w(model, 32)
+        export_pte_decoder(model, path, name)
+        print(f"{name}: {time.time() - t0:.0f} s", file=sys.stderr)
+    return out
+
+
 def measure(path: Path, threads: int, prompt: int, new_tokens: int) -> dict:
     """In a child process: load, decode ``new_tokens`` after a ``prompt``-token prompt; TTFT, tokens/s, peak RSS."""
     code = f"""
 import json, resource, time, numpy as np
-from toolkit.decode_steps import onnx_decoder_step
+from toolkit.decode_steps import onnx_decoder_step, pte_decoder_step
 from toolkit.eval.latency_generation import time_generation
 t0 = time.perf_counter()
-step = onnx_decoder_step({str(path)!r}, {threads})
+step = ({"pte_decoder_step" if path.suffix == ".pte" else "onnx_decoder_step"})({str(path)!r}, {threads})
 load = time.perf_counter() - t0
 prompt = (np.arange({prompt}) * 7919 % 40000 + 100).astype(np.int64)
 t = time_generation(step, prompt, {new_tokens}, warmup=1, runs=1).to_dict()
@@ -102,6 +127,8 @@ print(json.dumps(t))
 
 
 def file_mb(path: Path) -> float:
+    if path.suffix == ".pte":
+        return path.stat().st_size / 2**20
     return sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith("model.onnx")) / 2**20
 
 
@@ -128,11 +155,15 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-pte", action="store_true", help="no ExecuTorch rows (FP32 and 8da4w .pte)")
+    ap.add_argument("--context", type=int, default=256, help="the .pte programs' KV-cache positions")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     models = build_speed_models(work)
+    if not args.skip_pte:
+        models.update(build_pte_models(work, args.context))
     rows: dict[tuple[str, int], list[dict]] = {}
     for r in range(args.rounds):
         for threads in args.threads:
@@ -149,6 +180,7 @@ def main() -> int:
                       "ttft_ms": round(statistics.median(m["ttft_ms"] for m in ms), 1),
                       "tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in ms), 1)})
     base = {t["threads"]: t for t in table if t["variant"] == "fp32"}
+    pte_base = {t["threads"]: t for t in table if t["variant"] == "pte-fp32"}
     print(f"\n{date.today().isoformat()} · {host_summary()} · SmolLM2-135M shapes (random weights), batch 1, "
           f"{args.prompt}-token prompt, {args.new_tokens} new tokens, medians of {args.rounds} rounds\n")
     print("| variant | threads | file (MB) | × FP32 size | peak RSS (MB) | TTFT (ms) | decode tok/s | × FP32 |")
@@ -158,6 +190,10 @@ def main() -> int:
         print(f"| {t['variant']} | {t['threads']} | {t['file_mb']} | {t['file_mb'] / b['file_mb']:.2f} | "
               f"{t['peak_rss_mb']:.0f} | {t['ttft_ms']} | {t['tokens_per_s']} | "
               f"{t['tokens_per_s'] / b['tokens_per_s']:.2f} |")
+    for t in table:
+        if t["variant"] == "pte-8da4w" and t["threads"] in pte_base:
+            print(f"8da4w .pte vs FP32 .pte, {t['threads']} thread(s): "
+                  f"{t['tokens_per_s'] / pte_base[t['threads']]['tokens_per_s']:.2f}x decode tokens/s")
     if ppl:
         print("\nsmall-lm (llama-small) on tinyshakespeare, held-out perplexity: "
               + ", ".join(f"{k} {v:.3f} ({(v / ppl['base'] - 1) * 100:+.2f} %)" for k, v in ppl.items()))

@@ -9,6 +9,7 @@ device generates, so time to first token and tokens/s here are what its users wa
   graph without a cache (the whole sequence is run again each step, as such a graph must be), and optimum's
   encoder + merged decoder (``use_cache_branch`` False on the first step, True after it).
 - PyTorch eager: the Hugging Face model with ``use_cache=True`` (seq2seq: the encoder once, then the decoder).
+- ExecuTorch: a decoder program with its KV cache inside (``scheme = "8da4w"``), prompt then one call per token.
 """
 from __future__ import annotations
 
@@ -149,4 +150,20 @@ def torch_step(model: Any, threads: int) -> Step:
             encoded, past = state
         out = model(encoder_outputs=encoded, decoder_input_ids=ids, past_key_values=past, use_cache=True)
         return out.logits[0, -1].numpy(), (encoded, out.past_key_values)
+    return step
+
+
+def pte_decoder_step(path: Path, threads: int) -> Step:
+    """A causal LM's ExecuTorch program with its KV cache inside (``scheme = "8da4w"``): the prompt fills the
+    cache from position 0, then one call per token at the next position (:class:`toolkit.pte_decoder.PteDecoder`)."""
+    from toolkit.pte_decoder import PteDecoder
+
+    decoder = PteDecoder(path, threads)
+
+    def step(new_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        start = 0 if state is None else state
+        prompt = np.asarray(new_ids, dtype=np.int64).reshape(-1)
+        if state is None and prompt.size > decoder.max_seq_len:
+            prompt = prompt[-decoder.max_seq_len:]  # the program's longest call: keep the prompt's end
+        return decoder(prompt, start)[-1], start + prompt.size
     return step

@@ -113,6 +113,25 @@ def io(module: Any) -> tuple[int, int] | None:
     return None
 
 
+def as_linear(model: Any) -> int:
+    """Replace every transformers ``Conv1D`` in ``model`` by the ``nn.Linear`` it is (weight transposed to
+    (out, in)), in place, so tools that look for ``nn.Linear`` (torchao's quantizers) reach GPT-2's layers too.
+    Returns how many were replaced."""
+    import torch
+
+    found = [(name, m) for name, m in model.named_modules() if is_conv1d(m)]
+    for name, conv in found:
+        n_in, n_out = int(conv.weight.shape[0]), int(conv.weight.shape[1])
+        linear = torch.nn.Linear(n_in, n_out, bias=conv.bias is not None, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.t())
+            if conv.bias is not None:
+                linear.bias.copy_(conv.bias)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, linear)
+    return len(found)
+
+
 def out_axis(module: Any) -> int:
     """The weight axis that indexes output features (0 for Linear and Conv2d, 1 for Conv1D)."""
     return 1 if is_conv1d(module) else 0

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of a language-modeling or seq2seq recipe")
     p.add_argument("--prompt", required=True, help="the text to continue (seq2seq: the text to translate)")
     p.add_argument("--variant", metavar="NAME", help="the variant (default: the report's pick for host)")
-    p.add_argument("--runtime", metavar="NAME", help="onnxruntime | pytorch (default: ONNX Runtime when it has one)")
+    p.add_argument("--runtime", metavar="NAME", help="onnxruntime | executorch | pytorch (default: ONNX Runtime when it has one)")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest tokens")

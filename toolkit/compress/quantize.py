@@ -22,7 +22,9 @@ class QuantizeConfig(StepConfig):
     scheme: str = setting("int8-dynamic", "int8-dynamic (ONNX Runtime; transformers, encoder-decoders included) | "
                      "int8-static (ONNX Runtime with calibration; CNNs, single-graph models) | qat (fake-quantized "
                      "fine-tune, exported as ONNX QDQ) | pt2e (torchao PT2E + XNNPACK quantizer, lowered to "
-                     "ExecuTorch .pte) | int4 (weight-only 4-bit MatMulNBits, ONNX Runtime; language models)")
+                     "ExecuTorch .pte) | int4 (weight-only 4-bit MatMulNBits, ONNX Runtime; language models) | 8da4w "
+                     "(int8 dynamic activations + int4 weights by torchao, lowered to ExecuTorch .pte with the KV "
+                     "cache inside; decoder-only language models)")
     target: str = setting("host", "device profile whose INT8 format is produced (U8S8 + reduce_range on AVX2 without VNNI, "
                      "S8S8 QDQ on ARM)")
     calibration_samples: int = setting(128, "int8-static / pt2e: real training samples used to calibrate activation ranges")
@@ -35,7 +37,7 @@ class QuantizeConfig(StepConfig):
                                   "0.01 = 1 point; language models: relative perplexity rise); sensitive layers stay "
                                   "in float to meet it")
     optimize: bool = setting(True, "run ONNX Runtime's transformer optimizer (attention/GELU/LayerNorm fusions) first")
-    block_size: int = setting(32, "int4: weights per block sharing one scale (a power of two, at least 16)")
+    block_size: int = setting(32, "int4 / 8da4w: weights per block sharing one scale (a power of two, at least 16)")
     symmetric: bool = setting(True, "int4 (rtn): symmetric blocks (no zero points); false stores a zero point per block")
     algorithm: str = setting("rtn", "int4: rtn (round to nearest) | hqq (half-quadratic, no data; float zero points "
                              "run ONNX Runtime's slow CPU kernel) | gptq (calibrated on calibration_samples training "
@@ -66,6 +68,9 @@ class QuantizeConfig(StepConfig):
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise UserError(f"{where}: block_size = {self.block_size}: must be a power of two of at least 16 "
                             f"(16, 32, 64, 128)")
+        if self.scheme == "8da4w" and self.block_size % 32:
+            raise UserError(f"{where}: block_size = {self.block_size}: scheme = '8da4w' lowers to XNNPACK, whose "
+                            f"4-bit kernels take groups of a multiple of 32 (32, 64, 128)")
         if self.algorithm not in INT4_ALGORITHMS:
             raise UserError(f"{where}: algorithm = '{self.algorithm}' is not one of {', '.join(INT4_ALGORITHMS)}"
                             f"{did_you_mean(self.algorithm, list(INT4_ALGORITHMS))}")
@@ -87,6 +92,13 @@ class QuantizeConfig(StepConfig):
             raise UserError(f"{where}: scheme = 'int4' is weight-only 4-bit for language models (decoders and "
                             f"seq2seq), whose token-by-token decoding is memory-bound; for {task.name} use scheme = "
                             f"'int8-dynamic' or 'int8-static'")
+        if self.scheme == "8da4w" and not (task.kv_cache and task.causal):
+            raise UserError(f"{where}: scheme = '8da4w' exports decoder-only language models with their KV cache "
+                            f"to ExecuTorch; for {task.name} use scheme = " + ("'int4' or 'int8-dynamic'"
+                                                                              if task.kv_cache else "'pt2e'"))
+        if self.scheme == "8da4w" and model is None:
+            raise UserError(f"{where}: scheme = '8da4w' quantizes a PyTorch model, and model.source is an ONNX "
+                            f"file; use scheme = 'int4'")
         if self.scheme in ("pt2e", "qat") and not task.classifies:
             raise UserError(f"{where}: scheme = '{self.scheme}' supports classifiers (text and image); for "
                             f"{task.name} use scheme = 'int8-dynamic'")

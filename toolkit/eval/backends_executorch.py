@@ -137,6 +137,7 @@ class ExecuTorchRunner:
             else:
                 specs.append(InputSpec(names[i], dtype, sizes))
         self._names = names
+        self._ranks = [len(tuple(md.input_tensor_meta(i).sizes())) for i in range(n)]
         if self.input_names is None:
             specs = _positional_roles(specs)
         return specs
@@ -144,7 +145,9 @@ class ExecuTorchRunner:
     def prepare(self, feed: dict[str, np.ndarray]) -> list:
         import torch
 
-        return [torch.from_numpy(feed[name]) for name in self._names]
+        # a KV-cache program's cache_position is one row for its batch of 1: samples carry it one row per sample
+        return [torch.from_numpy(feed[name][0] if rank == 1 and feed[name].ndim == 2 and len(feed[name]) == 1
+                                 else feed[name]) for name, rank in zip(self._names, self._ranks)]
 
     def context(self) -> ContextManager:
         return contextlib.nullcontext()

@@ -96,13 +96,13 @@ def evaluate_variant(recipe: Recipe, variant: Any, variants: dict[str, Any], spl
     if runtime is None:
         raise UserError(f"{variant.path}: variant '{variant.name}' has neither model/ nor an .onnx graph to "
                         f"evaluate; rerun the stage that made it")
-    if runtime == "executorch" and not task.classifies:
+    if runtime == "executorch" and not task.classifies and not _kv_program(variant, task):
         raise UserError(f"{variant.path}: variant '{variant.name}' is an ExecuTorch program only; its {recipe.task} "
                         f"quality needs model/ or an .onnx graph (ExecuTorch decoders take one fixed shape)")
     if task.quality == "classification":
         q = _classification(recipe, task, variant, variants, splits, examples, runtime, log)
     elif task.quality == "perplexity":
-        q = _language_modeling(recipe, task, variant, variants, splits, examples, pytorch)
+        q = _language_modeling(recipe, task, variant, variants, splits, examples, runtime)
     else:
         q = _seq2seq(recipe, task, variant, variants, splits, examples, pytorch)
     if recipe.eval.robustness and not task.classifies:
@@ -259,13 +259,30 @@ def _robustness(recipe: Recipe, text: bool, clean: float, probs: np.ndarray, y: 
 
 # --- language modelling ----------------------------------------------------------------------------------------
 
+def _kv_program(variant: Any, task: Any) -> bool:
+    """A causal LM's ExecuTorch program with its KV cache inside (scheme = "8da4w"): it takes any window."""
+    from toolkit.pte_decoder import is_kv_program
+
+    return task.causal and variant.pte is not None and is_kv_program(variant.pte)
+
+
 def _language_modeling(recipe: Recipe, task: Any, variant: Any, variants: dict[str, Any], splits: Splits,
-                       examples: list[dict[str, Any]], pytorch: bool) -> Quality:
+                       examples: list[dict[str, Any]], runtime: str) -> Quality:
     from toolkit.eval.perplexity import perplexity
     from toolkit.tasks.language_modeling import lm_stream
 
     texts = [str(ex["text"]) for ex in examples]
-    if pytorch:
+    pytorch = runtime == "pytorch"
+    if runtime == "executorch":
+        from toolkit.pte_decoder import PteDecoder
+
+        tokenizer, source, preprocess = _tokenizer_for(variant, variants)
+        decoder = PteDecoder(variant.pte)
+        window = min(int(preprocess.get("max_length") or recipe.data.max_length), decoder.max_seq_len)
+        model = decoder.window
+        info = variant.info or {}
+        params = info.get("params_after") if isinstance(info.get("params_after"), int) else None
+    elif pytorch:
         prepared = _prepare(recipe, task, Path(variant.model_dir), splits, examples[:1])
         model, tokenizer, source = prepared.model, prepared.tokenizer, Path(variant.model_dir)
         window = int(prepared.preprocess.get("max_length") or recipe.data.max_length)
@@ -292,7 +309,7 @@ def _language_modeling(recipe: Recipe, task: Any, variant: Any, variants: dict[s
                                                      f"tokens, {joined}, as the model was trained",
                    "loss": "mean negative log-likelihood per predicted token (nats) = log(perplexity)"}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return Quality(evaluated_with="pytorch" if pytorch else "onnxruntime", examples=len(texts), metrics=metrics,
+    return Quality(evaluated_with=runtime, examples=len(texts), metrics=metrics,
                    conventions=conventions, params=params,
                    details={"tokens": ppl["tokens"], "window": ppl["window"], "stride": ppl["stride"]},
                    encoding=Encoding(task=task, examples=examples, tokenizer=tokenizer, max_length=window,

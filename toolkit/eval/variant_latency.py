@@ -29,6 +29,7 @@ import numpy as np
 from toolkit.config import LatencyConfig
 from toolkit.errors import UserError
 from toolkit.eval.evaluate import Encoding
+from toolkit.pte_decoder import is_kv_program
 
 SAMPLES = 32
 """at most this many batches of real samples are cycled through the timed runs"""
@@ -45,7 +46,8 @@ GENERATION_CONVENTION = (
     "host, per runtime under latency.<target>.generation: greedy decode of {n} new tokens (EOS ignored), batch 1, "
     "the first eval prompt; ttft_ms = prompt in to first token (seq2seq: encoder + first decoder step); "
     "tokens_per_s = (new_tokens - 1) / decode time after the first token; medians over generation_runs; "
-    "ONNX Runtime with the exported KV cache, PyTorch eager with use_cache=True")
+    "ONNX Runtime with the exported KV cache, PyTorch eager with use_cache=True, ExecuTorch programs with the "
+    "cache inside (8da4w)")
 
 
 def runtime_format(runtime: str) -> str:
@@ -138,6 +140,14 @@ def host_contender(runtime: str, files: dict[str, Path], enc: Encoding, cfg: Lat
     kwargs: dict[str, Any] = {"seq_len": seq_len}
     if runtime == "onnxruntime" and "onnx" in files:
         return files["onnx"], onnx_samples(files["onnx"], base), kwargs
+    if runtime == "executorch" and "pte" in files and not image and is_kv_program(files["pte"]):
+        # a decoder with its KV cache inside (8da4w): one forward = a prefill of seq_len tokens from position 0
+        if cfg.batch != 1:
+            raise UserError(f"the program decodes one sequence at a time; eval.latency.batch = {cfg.batch} needs 1")
+        ids = base["input_ids"]
+        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        inputs = {"input_ids": ids, "cache_position": positions}
+        return files["pte"], inputs, {"options": {"input_names": list(inputs)}, "seq_len": seq_len}
     if runtime == "executorch" and "pte" in files:
         inputs, length = base, seq_len
         if not image:
@@ -202,8 +212,8 @@ def measure_host(jobs: dict[str, tuple[dict[str, Path], Encoding]], cfg: Latency
             continue
         base = base_samples(enc, cfg.batch, cfg.seq_len)
         for runtime, entry in out[name].items():
-            if runtime == "executorch":
-                continue
+            if runtime == "executorch" and not ("pte" in files and is_kv_program(files["pte"])):
+                continue  # a logits-only program recomputes the whole window per token: not how one generates
             try:
                 entry["generation"] = measure_generation(runtime, files, enc, cfg, threads, base)
             except Exception as e:  # a graph the decode loop cannot drive: the other numbers still count
@@ -247,6 +257,8 @@ def measure_generation(runtime: str, files: dict[str, Path], enc: Encoding, cfg:
         step = gs.onnx_seq2seq_step(files["onnx"], files["decoder"], threads, start)
     elif runtime == "onnxruntime":
         step = gs.onnx_decoder_step(files["onnx"], threads)
+    elif runtime == "executorch":
+        step = gs.pte_decoder_step(files["pte"], threads)
     else:
         raise UserError(f"no generation timing for {runtime}")
     import torch

@@ -189,6 +189,54 @@ def dynamic_inputs(path: Path, n: int) -> list[bool]:
         return [False] * n
 
 
+def export_pte_decoder(model: Any, path: Path, where: str) -> Path:
+    """Lower a causal LM (float or torchao-quantized) to an ExecuTorch program with its KV cache inside, at ``path``.
+
+    transformers' ``TorchExportableModuleForDecoderOnlyLM`` exports ``forward(input_ids (1, T), cache_position
+    (T,))`` with a static cache of the model's positions; T is dynamic from 1 to all of them. The program also
+    gets the constant methods ExecuTorch's LLM runner reads (:mod:`toolkit.pte_decoder`).
+
+    Raises:
+        UserError: ExecuTorch missing (names the extra), or the family does not export with a static cache.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    _require_executorch()
+    config = model.config
+    positions = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
+                      if isinstance(getattr(config, k, None), int)), None)
+    if positions is None:
+        raise UserError(f"[[compress]] {where}: the model's config names no position count "
+                        f"(max_position_embeddings); the KV cache's length cannot be set")
+    # the exporter reads the cache's shape from the generation config
+    model.generation_config = GenerationConfig(
+        use_cache=True, cache_implementation="static", max_length=positions,
+        cache_config={"batch_size": 1, "max_cache_len": positions})
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+        seq = torch.export.Dim("seq", min=1, max=positions)
+        ids = torch.zeros((1, 4), dtype=torch.long)
+        with torch.no_grad():
+            program = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=positions).export(
+                input_ids=ids, cache_position=torch.arange(4),
+                dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+        constants = {"use_kv_cache": True, "enable_dynamic_shape": True, "get_max_seq_len": positions,
+                     "get_max_context_len": positions, "get_vocab_size": int(config.vocab_size)}
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              constant_methods=constants).to_executorch()
+    except Exception as exc:  # torch.export and the lowering passes raise many types
+        raise op_error(exc, "pte (ExecuTorch/XNNPACK, KV cache)", path) or UserError(
+            f"[[compress]] {where}: the decoder did not export with its KV cache to ExecuTorch: "
+            f"{first_line(exc)[:300]}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(lowered.buffer)
+    return path
+
+
 def load_method(path: Path | str):
     """The ``forward`` method of a ``.pte`` in the ExecuTorch runtime (``method.execute([tensors])``)."""
     _require_executorch()
@@ -208,6 +256,14 @@ REAL_ROWS = "__rows__"
 def existing_pte(path: Path, task: Any) -> ExportResult:
     """An ExportResult for a .pte a PT2E step wrote: inputs named in the exporter's order (input_ids,
     attention_mask / pixel_values), dtypes and sizes from the program, dynamic where the program says so."""
+    from toolkit.pte_decoder import is_kv_program
+
+    if is_kv_program(path):  # scheme = "8da4w": a decoder with its KV cache inside
+        inputs = [{"name": "input_ids", "shape": [1, "sequence_length"], "dtype": "int64"},
+                  {"name": "cache_position", "shape": ["sequence_length"], "dtype": "int64"}]
+        return ExportResult(format="pte", files=[path], exporter="compress stage (8da4w, KV cache inside)",
+                            task=task.name, inputs=inputs, outputs=["logits"],
+                            graphs={path.name: {"role": "model", "inputs": inputs, "outputs": ["logits"]}})
     md = load_method(path).metadata
     n = md.num_inputs()
     names = (["pixel_values"] if task.data.images else
@@ -239,6 +295,13 @@ def _export_job(job: ExportJob) -> ExportResult | str:
 def _runners(result: ExportResult) -> list:
     from importlib.metadata import version
 
+    if [i["name"] for i in result.inputs] == ["input_ids", "cache_position"]:
+        from toolkit.pte_decoder import PteDecoder
+
+        decoder = PteDecoder(result.files[0])  # row by row from position 0: the logits of the whole window
+        runner = FileRunner(lambda b: decoder.logits({k: v.numpy() for k, v in b.items()}),
+                            ["input_ids", "attention_mask"])
+        return [(result.files[0], "model", f"executorch {version('executorch')} (XNNPACK, KV cache inside)", runner)]
     method = load_method(result.files[0])
     names = [i["name"] for i in result.inputs]
     runner = FileRunner(lambda b: _pte_run(method, result, b), names, lambda b: _fit_static(result, b))

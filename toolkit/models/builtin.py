@@ -125,7 +125,8 @@ def gpt2_tiny(recipe: Recipe, tokenizer: Any):
 
 def llama_small(recipe: Recipe, tokenizer: Any):
     """LlamaForCausalLM: 4 layers, 256 wide, 4 query heads sharing 2 key/value heads (``model.kv_heads``), SwiGLU
-    MLP 688 wide (≈ 8/3 × hidden, a multiple of 8), RoPE, tied embeddings; byte-level BPE as GPT-2's."""
+    MLP 704 wide (8/3 × hidden rounded up to a multiple of 64, as Llama rounds to ``multiple_of``: 4-bit groups of
+    32 or 64 then divide every layer's input width), RoPE, tied embeddings; byte-level BPE as GPT-2's."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     hidden, layers, heads = dims(recipe, "llama-small")
@@ -135,7 +136,7 @@ def llama_small(recipe: Recipe, tokenizer: Any):
                         f"shares each key/value head among an equal number of query heads")
     eos = tokenizer.eos_token_id
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=-(-hidden * 8 // 3 // 8) * 8,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=-(-hidden * 8 // 3 // 64) * 64,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=max_positions(recipe), rms_norm_eps=1e-5, rope_theta=10000.0,
         attention_dropout=recipe.train.dropout, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos,

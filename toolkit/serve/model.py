@@ -277,8 +277,13 @@ def _generator(served: ServedModel, v: Any, variants: dict[str, Any], folder: Pa
     served.forced_last = last if isinstance(last, int) else None
     threads = served.threads
     if served.runtime == "executorch":
-        raise UserError(f"--runtime executorch: the {served.task.name} variant's .pte has no KV cache to decode "
-                        f"with; serve it with --runtime onnxruntime or pytorch")
+        from toolkit.pte_decoder import is_kv_program
+
+        if served.endpoint != "generate" or not is_kv_program(v.pte):
+            raise UserError(f"--runtime executorch: the {served.task.name} variant's .pte has no KV cache to decode "
+                            f"with (scheme = '8da4w' makes one for decoders); use --runtime onnxruntime or pytorch")
+        served.step = steps.pte_decoder_step(v.pte, threads)
+        return
     if served.runtime == "pytorch":
         model = served.task.load(v.model_dir).eval()
         served.step = steps.torch_step(model, threads)

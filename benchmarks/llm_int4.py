@@ -126,6 +126,45 @@ print(json.dumps(t))
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def measure_genai(folder: Path, python: str, threads: int, prompt: int, new_tokens: int) -> dict:
+    """The `onnxruntime-genai` builder's model in its own runtime (its own environment: the 0.18 builder needs
+    transformers >= 5): ``append_tokens`` + the first ``generate_next_token`` is time to first token."""
+    code = f"""
+import json, resource, time, numpy as np
+import onnxruntime_genai as og
+t0 = time.perf_counter()
+config = og.Config({str(folder)!r})
+config.overlay(json.dumps({{"model": {{"decoder": {{"session_options": {{"intra_op_num_threads": {threads},
+                                                                          "inter_op_num_threads": 1}}}}}}}}))
+model = og.Model(config)
+load = time.perf_counter() - t0
+prompt = (np.arange({prompt}) * 7919 % 40000 + 100).astype(np.int32)
+def once():
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length={prompt + new_tokens}, do_sample=False)
+    gen = og.Generator(model, params)
+    t0 = time.perf_counter()
+    gen.append_tokens(prompt)
+    gen.generate_next_token()
+    t1 = time.perf_counter()
+    n = 1
+    while not gen.is_done():
+        gen.generate_next_token()
+        n += 1
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (n - 1) / (t2 - t1), n
+once()
+ttft, tps, n = once()
+print(json.dumps({{"ttft_ms": ttft, "tokens_per_s": tps, "new_tokens": n, "load_s": load,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+    p = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    if p.returncode != 0:
+        raise SystemExit(f"{folder}: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def file_mb(path: Path) -> float:
     if path.suffix == ".pte":
         return path.stat().st_size / 2**20
@@ -157,6 +196,10 @@ def main() -> int:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-pte", action="store_true", help="no ExecuTorch rows (FP32 and 8da4w .pte)")
     ap.add_argument("--context", type=int, default=256, help="the .pte programs' KV-cache positions")
+    ap.add_argument("--genai-model", metavar="DIR", help="the onnxruntime-genai builder's INT4 CPU model of the same "
+                    "weights (python -m onnxruntime_genai.models.builder -i WORK/smol-shaped -p int4 -e cpu)")
+    ap.add_argument("--genai-python", default=sys.executable, metavar="PYTHON",
+                    help="the interpreter of an environment with onnxruntime-genai (its builder needs transformers >= 5)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     work = Path(args.work)
@@ -164,11 +207,15 @@ def main() -> int:
     models = build_speed_models(work)
     if not args.skip_pte:
         models.update(build_pte_models(work, args.context))
+    genai = Path(args.genai_model) if args.genai_model else None
+    if genai is not None:
+        models["genai-int4"] = genai / "model.onnx"
     rows: dict[tuple[str, int], list[dict]] = {}
     for r in range(args.rounds):
         for threads in args.threads:
             for name, path in models.items():
-                m = measure(path, threads, args.prompt, args.new_tokens)
+                m = (measure_genai(genai, args.genai_python, threads, args.prompt, args.new_tokens)
+                     if name == "genai-int4" else measure(path, threads, args.prompt, args.new_tokens))
                 rows.setdefault((name, threads), []).append(m)
                 print(f"round {r + 1} {name} t={threads}: ttft {m['ttft_ms']:.0f} ms, "
                       f"{m['tokens_per_s']:.1f} tok/s, rss {m['peak_rss_mb']:.0f} MB", file=sys.stderr)

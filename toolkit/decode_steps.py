@@ -30,10 +30,40 @@ def _session(path: Path, threads: int) -> Any:
     return onnxrt.open_session(path, threads=threads, timing=True)
 
 
-def _empty(spec: Any, batch: int = 1) -> np.ndarray:
-    """An input of length 0 along its symbolic axes (an empty cache), fixed axes as the graph declares them."""
-    shape = [batch] + [d if isinstance(d, int) and d > 0 else 0 for d in spec.shape[1:]]
+def _empty(spec: Any, batch: int = 1, head_size: int | None = None) -> np.ndarray:
+    """An empty cache: length 0 along its sequence axis, fixed axes as the graph declares them. A symbolic axis that
+    is not a length (the ``kv_cache_dim`` of onnxruntime-genai's GroupQueryAttention graphs) is the head size,
+    which such an operator checks even on an empty cache."""
+    def size(d: Any) -> int:
+        if isinstance(d, int) and d > 0:
+            return d
+        if head_size and isinstance(d, str) and not any(k in d for k in ("seq", "len", "past", "total")):
+            return head_size
+        return 0
+    shape = [batch] + [size(d) for d in spec.shape[1:]]
     return np.zeros(shape, dtype=np.float16 if "float16" in spec.type else np.float32)
+
+
+def _head_size(path: Path) -> int | None:
+    """The attention head size from the files beside a graph (genai_config.json's, or config.json's head_dim or
+    hidden_size / num_attention_heads), for an empty cache's symbolic head axis."""
+    import json
+
+    folder = Path(path).parent
+    try:
+        genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        return int(genai["model"]["decoder"]["head_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(config.get("head_dim"), int):
+        return config["head_dim"]
+    hidden, heads = config.get("hidden_size", config.get("n_embd")), config.get("num_attention_heads",
+                                                                               config.get("n_head"))
+    return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None
 
 
 def onnx_decoder_step(path: Path, threads: int) -> Step:
@@ -68,12 +98,13 @@ def onnx_decoder_step(path: Path, threads: int) -> Step:
         return step_full
 
     present = {n: n.replace("past_key_values", "present", 1) for n in past_names}
+    head = _head_size(path)
     missing = [p for p in present.values() if p not in outputs]
     if missing:
         raise UserError(f"{path}: the graph takes past_key_values but returns no {missing[0]}")
 
     def step(new_ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        past, start = state if state is not None else ({n: _empty(inputs[n]) for n in past_names}, 0)
+        past, start = state if state is not None else ({n: _empty(inputs[n], head_size=head) for n in past_names}, 0)
         got = dict(zip(outputs, session.run(outputs, feed(new_ids, past, start))))
         return got["logits"][0, -1], ({n: got[p] for n, p in present.items()}, start + new_ids.size)
     return step

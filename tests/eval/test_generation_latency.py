@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,21 @@ def test_bench_new_tokens_bad_input_exits_2(models, args, message):
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr
+
+
+def test_an_empty_cache_keeps_a_symbolic_head_axis_at_the_head_size(tmp_path):
+    """onnxruntime-genai's GroupQueryAttention graphs name the head axis (kv_cache_dim) and check it on an empty
+    cache: only the sequence axis is 0, the head axis is the head size read beside the graph."""
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(shape=["batch_size", 3, "past_sequence_length", "kv_cache_dim"], type="tensor(float)")
+    (tmp_path / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"head_size": 64}}}))
+    head = gs._head_size(tmp_path / "model.onnx")
+    assert head == 64 and gs._empty(spec, head_size=head).shape == (1, 3, 0, 64)
+    (tmp_path / "genai_config.json").unlink()
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 576, "num_attention_heads": 9}))
+    assert gs._head_size(tmp_path / "model.onnx") == 64
+    # optimum's graphs: the past axis is named past_sequence_length, the head axis fixed: nothing changes
+    optimum = SimpleNamespace(shape=["batch_size", 2, "past_sequence_length", 16], type="tensor(float16)")
+    empty = gs._empty(optimum, head_size=64)
+    assert empty.shape == (1, 2, 0, 16) and empty.dtype == np.float16

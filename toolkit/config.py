@@ -127,6 +127,7 @@ class LatencyConfig:
     new_tokens: int = setting(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
                              "EOS ignored; time to first token and tokens/s (0 = off)")
     generation_runs: int = setting(5, "generation timing: timed decodes (after one untimed)")
+    provider: str = setting("cpu", "ONNX Runtime execution provider for measured ONNX latency: cpu | cuda | tensorrt (cuda/tensorrt: the gpu extra; TensorRT engines cached in the run's trt_cache/)", hash="if_set")
 
 
 @dataclass
@@ -329,6 +330,9 @@ def validate(recipe: Recipe, file: str) -> None:
             raise bad(key, value, why)
     if not e.targets:
         raise bad("eval.targets", e.targets, "name at least one target, e.g. [\"host\"]")
+    if e.latency.provider not in ("cpu", "cuda", "tensorrt"):
+        raise UserError(f"{file}: eval.latency.provider = '{e.latency.provider}' is not one of cpu, cuda, tensorrt"
+                        f"{did_you_mean(e.latency.provider, ['cpu', 'cuda', 'tensorrt'])}")
     if recipe.compress:
         # Each method's keys are checked by its own settings dataclass (the compression registry), once.
         from toolkit.steps import parse_steps

@@ -176,6 +176,22 @@ def test_prefetcher_raises_a_collate_error_in_the_loop_and_stops_early():
     assert not any(t.name == "toolkit-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
+def test_the_prefetching_loop_trains_exactly_like_the_inline_one(tmp_path):
+    """The CUDA path's background collation, forced on the CPU: same batches in the same order, so the same
+    losses and weights (the toy collate draws no random numbers; dropout stays in the loop's thread)."""
+    def run(folder, prefetch, **train):
+        recipe = toy_recipe(max_steps=30, grad_accum=2, **train)  # 30 steps of 8: into the fourth epoch
+        seed_everything(recipe.seed, recipe.train.deterministic)
+        prepared = toy_prepared()
+        fit(recipe, ToyTask(), prepared, RunDir(folder), null_emitter("train"), prefetch=prefetch)
+        return prepared.model.state_dict()
+
+    inline, fetched = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    for name, value in inline.items():
+        assert torch.equal(value, fetched[name]), name
+    assert not any(t.name == "toolkit-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
 def test_to_device_on_cpu_leaves_tensors_alone():
     batch = {"x": torch.ones(2), "n": 3}
     out = perf.to_device(batch, torch.device("cpu"))

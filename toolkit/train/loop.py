@@ -139,10 +139,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
 
 def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: StageEmitter,
         resume: bool = False, defer: bool | None = None, dist: DistEnv | None = None,
-        meta: dict[str, Any] | None = None) -> TrainResult:
+        meta: dict[str, Any] | None = None, prefetch: bool | None = None) -> TrainResult:
     """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``.
 
     ``defer`` (default: on CUDA) books each step one step late so the host never waits for the device.
+    ``prefetch`` (default: on CUDA unless ``deterministic``) collates the coming micro-batches on a thread.
     ``dist`` (default: the process group this process joined, see ``distributed.init``): under DDP every
     rank calls ``fit``; rank 0 alone writes. ``meta``: plain data kept in every checkpoint (e.g. a LoRA
     base model's reference); resuming from a checkpoint with another ``meta["base"]`` is refused.
@@ -227,7 +228,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
     flops = MfuMeter(model, device, cfg.precision, token_head=not getattr(task, "classifies", True))
     # A background collator helps where the device runs apart from the host (CUDA); on the CPU it would only
     # compete for the same cores, and a deterministic run keeps collation in the loop's thread and order.
-    threaded = device.type == "cuda" and not cfg.deterministic
+    threaded = (device.type == "cuda" and not cfg.deterministic) if prefetch is None else prefetch
 
     def collate(part: list[int]) -> dict[str, Any]:
         batch = prepared.collate([prepared.train_set[i] for i in part])

@@ -93,6 +93,8 @@ class TrainConfig:
     detect_anomaly: bool = setting(False, "torch.autograd.detect_anomaly (slow; finds the op that made a NaN)")
     device: str = setting("auto", "auto | cpu | cuda")
     threads: int = setting(0, "torch threads for training on CPU (0 = torch's default)")
+    compile: bool = setting(False, "torch.compile the model (Module.compile; checkpoints keep the eager keys); the first steps pay for the compilation", hash="if_set")
+    profile: bool = setting(False, "time the host side of each step (collate, copy, forward, backward, optimizer, bookkeeping, events) into train/profile.json, with a torch.profiler trace of a few steps in train/profile/trace.json", hash="never")
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"doc": "LoRA adapters ([train.lora])"})
 
 
@@ -125,6 +127,7 @@ class LatencyConfig:
     new_tokens: int = setting(32, "generation timing (language modelling, seq2seq): tokens of each timed greedy decode, "
                              "EOS ignored; time to first token and tokens/s (0 = off)")
     generation_runs: int = setting(5, "generation timing: timed decodes (after one untimed)")
+    provider: str = setting("cpu", "ONNX Runtime execution provider for measured ONNX latency: cpu | cuda | tensorrt (cuda/tensorrt: the gpu extra; TensorRT engines cached in the run's trt_cache/)", hash="if_set")
 
 
 @dataclass
@@ -327,6 +330,9 @@ def validate(recipe: Recipe, file: str) -> None:
             raise bad(key, value, why)
     if not e.targets:
         raise bad("eval.targets", e.targets, "name at least one target, e.g. [\"host\"]")
+    if e.latency.provider not in ("cpu", "cuda", "tensorrt"):
+        raise UserError(f"{file}: eval.latency.provider = '{e.latency.provider}' is not one of cpu, cuda, tensorrt"
+                        f"{did_you_mean(e.latency.provider, ['cpu', 'cuda', 'tensorrt'])}")
     if recipe.compress:
         # Each method's keys are checked by its own settings dataclass (the compression registry), once.
         from toolkit.steps import parse_steps
@@ -417,6 +423,20 @@ def _deepcopy(d: Any) -> Any:
     if isinstance(d, list):
         return [_deepcopy(v) for v in d]
     return d
+
+
+def hashed_dict(obj: Any) -> dict[str, Any]:
+    """A settings dataclass as a dict for skip/rerun hashes: keys that do not change any result (metadata
+    ``hash = "never"``, e.g. train.profile) are left out, and so are keys added later while at their default
+    (``hash = "if_set"``), so a run directory made before such a key existed keeps its hashes."""
+    out: dict[str, Any] = {}
+    for name, f in fields_of(type(obj)).items():
+        value = getattr(obj, name)
+        rule = f.metadata.get("hash")
+        if rule == "never" or (rule == "if_set" and value == f.default):
+            continue
+        out[name] = hashed_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def config_hash(obj: Any) -> str:

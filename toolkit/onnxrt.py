@@ -28,6 +28,137 @@ NP_TYPES: dict[str, Any] = {
 
 _CWD_LOCK = threading.RLock()
 
+PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                             "tensorrt": "TensorrtExecutionProvider"}
+"""``--provider`` words -> ONNX Runtime's execution provider names"""
+
+GPU_EXTRA = "pip install 'edge-toolkit[gpu]'"
+"""what installs onnxruntime-gpu (its CUDA and TensorRT providers)"""
+
+# What to install when the onnxruntime build has the provider but its libraries do not load (ONNX Runtime then
+# drops the provider from the session and runs on the next one, logging the dlopen error).
+_LIBRARIES = {
+    "CUDAExecutionProvider": "the CUDA 12 runtime and cuDNN 9 libraries that onnxruntime-gpu loads "
+                             "(pip install nvidia-cuda-runtime-cu12 nvidia-cudnn-cu12, or the CUDA toolkit)",
+    "TensorrtExecutionProvider": "TensorRT 10 (libnvinfer; pip install tensorrt-cu12, or JetPack on a Jetson) "
+                                 "beside the CUDA and cuDNN libraries",
+}
+
+ProviderChain = list[tuple[str, dict[str, str]]]
+"""execution providers with their options, preferred first (what ``InferenceSession(providers=...)`` takes)"""
+
+
+def provider_name(word: str) -> str:
+    """``cpu | cuda | tensorrt`` (or an ONNX Runtime provider name) -> the provider name.
+
+    Raises:
+        UserError: a word that names no provider, with the choices.
+    """
+    if word in PROVIDERS.values():
+        return word
+    if word.lower() in PROVIDERS:
+        return PROVIDERS[word.lower()]
+    from toolkit.errors import did_you_mean
+
+    raise UserError(f"--provider {word}: not a provider; choose {' | '.join(PROVIDERS)}"
+                    f"{did_you_mean(word.lower(), list(PROVIDERS))}")
+
+
+def provider_chain(provider: str = "cpu", *, cache_dir: Path | str | None = None, fp16: bool = False,
+                   int8_qdq: bool = False, device_id: int = 0) -> ProviderChain:
+    """The providers a session opens with for ``provider`` (cpu | cuda | tensorrt), with their options.
+
+    TensorRT runs what it can and hands the rest to CUDA, then the CPU; CUDA hands to the CPU. TensorRT builds an
+    engine per input shape, which takes seconds to minutes, so the engines (and the timing cache that speeds up
+    rebuilding) are kept in ``cache_dir`` (a run's folder: they are that run's artifacts, and a later
+    measurement reuses them). ``fp16``: the graph is FP16, so TensorRT may pick FP16 kernels (without the flag
+    it builds FP32 ones). ``int8_qdq``: the graph carries QuantizeLinear/DequantizeLinear pairs; TensorRT 8.x
+    builds such explicitly quantized layers only with its INT8 flag, and ONNX Runtime then takes the scales
+    from the graph, not from a calibration table.
+    """
+    name = provider_name(provider)
+    cpu: ProviderChain = [("CPUExecutionProvider", {})]
+    if name == "CPUExecutionProvider":
+        return cpu
+    cuda: ProviderChain = [("CUDAExecutionProvider", {"device_id": str(device_id)})]
+    if name == "CUDAExecutionProvider":
+        return cuda + cpu
+    options = {"device_id": str(device_id), "trt_fp16_enable": _flag(fp16), "trt_int8_enable": _flag(int8_qdq)}
+    if cache_dir is not None:
+        cache = str(Path(cache_dir).resolve())
+        options.update(trt_engine_cache_enable="True", trt_engine_cache_path=cache,
+                       trt_timing_cache_enable="True", trt_timing_cache_path=cache)
+    return [(name, options)] + cuda + cpu
+
+
+def _flag(on: bool) -> str:
+    return "True" if on else "False"  # ONNX Runtime's provider options are strings
+
+
+def graph_precision(path: Path | str) -> dict[str, bool]:
+    """{"fp16": weights stored as float16, "int8_qdq": QuantizeLinear/DequantizeLinear in the graph} of an .onnx
+    file (read without its external data), for :func:`provider_chain`'s TensorRT flags."""
+    import onnx
+
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        return {"fp16": False, "int8_qdq": False}
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+    return {"fp16": fp16, "int8_qdq": qdq}
+
+
+def check_providers(chain: Sequence[str | tuple[str, Any]], available: Sequence[str] | None = None) -> None:
+    """Every provider of the chain is in this onnxruntime build.
+
+    Raises:
+        UserError: one line naming the missing provider and what installs it (the ``gpu`` extra for CUDA and
+            TensorRT).
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    for entry in chain:
+        name = entry[0] if isinstance(entry, tuple) else entry
+        if name in available:
+            continue
+        if name in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            raise UserError(f"execution provider '{name}' is not in this onnxruntime build (it has "
+                            f"{', '.join(available)}); install the GPU build: {GPU_EXTRA} (pip uninstall -y "
+                            f"onnxruntime first: the CPU wheel shadows it)")
+        raise UserError(f"execution provider '{name}' is not in this onnxruntime build; "
+                        f"available: {', '.join(available)}")
+
+
+def check_session_providers(session: Any, chain: Sequence[str | tuple[str, Any]], where: object) -> None:
+    """The session kept the preferred provider: ONNX Runtime silently falls back to the next one when a
+    provider's libraries do not load (TensorRT's libnvinfer, CUDA's cuDNN), which would time the wrong device.
+
+    Raises:
+        UserError: naming the provider and the libraries to install.
+    """
+    wanted = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
+    if wanted != "CPUExecutionProvider" and wanted not in session.get_providers():
+        raise UserError(f"{where}: onnxruntime could not start '{wanted}' (the session fell back to "
+                        f"{', '.join(session.get_providers())}); install {_LIBRARIES.get(wanted, 'its libraries')}")
+
+
+def node_assignment(session: Any) -> dict[str, float] | None:
+    """The fraction of the graph's nodes each provider took, e.g. {"TensorrtExecutionProvider": 0.97,
+    "CPUExecutionProvider": 0.03}; None when this onnxruntime cannot say (before 1.23, or a session opened
+    without ``assignment=True``). Counted after ONNX Runtime's basic graph optimisations, as it partitions."""
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception:  # older builds have no such method; a session without the config entry raises Fail
+        return None
+    counts: dict[str, int] = {}
+    for sub in subgraphs:
+        counts[sub.ep_name] = counts.get(sub.ep_name, 0) + len(sub.get_nodes())
+    total = sum(counts.values())
+    return {ep: round(n / total, 4) for ep, n in sorted(counts.items(), key=lambda kv: -kv[1])} if total else None
+
 
 @contextlib.contextmanager
 def scratch_cwd() -> Iterator[Path]:
@@ -50,19 +181,21 @@ def scratch_cwd() -> Iterator[Path]:
 
 
 def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str | None = None,
-                 providers: Sequence[str] | None = None, timing: bool = False, optimize: bool = True,
-                 spinning: bool = True) -> Any:
+                 providers: Sequence[str | tuple[str, dict[str, str]]] | None = None, timing: bool = False,
+                 optimize: bool = True, spinning: bool = True, assignment: bool = False) -> Any:
     """An ``onnxruntime.InferenceSession`` for an ``.onnx`` or ``.ort`` file (or an in-memory ``ModelProto``).
 
     Args:
         threads: intra-op threads (None: ONNX Runtime's default).
         fmt: a word for messages ("onnx" | "ort"; default from the suffix).
-        providers: execution providers in order of preference (default: the CPU's).
+        providers: execution providers in order of preference, names or (name, options) pairs
+            (:func:`provider_chain`; default: the CPU's).
         timing: the latency harness's settings: one inter-op thread, sequential execution, every graph
             optimisation, only fatal log lines.
         optimize: False runs the graph as written (no fusions): the estimator's kernel timings.
         spinning: False stops the intra-op threads from busy-waiting between calls: a server shares the CPUs
             with its own HTTP handling, which the spinning threads would starve.
+        assignment: record which provider took each node (read with :func:`node_assignment`).
 
     Raises:
         UnsupportedOpError: the runtime has no kernel for an op of the graph (the message names op and format).
@@ -74,12 +207,10 @@ def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str
     path = Path("<in-memory model>") if proto is not None else Path(path)
     fmt = fmt or ("ort" if path.suffix == ".ort" else "onnx")
     providers = list(providers or ["CPUExecutionProvider"])
-    available = ort.get_available_providers()
-    for p in providers:
-        if p not in available:
-            raise UserError(f"execution provider '{p}' is not in this onnxruntime build; "
-                            f"available: {', '.join(available)}")
+    check_providers(providers, ort.get_available_providers())
     options = ort.SessionOptions()
+    if assignment:
+        options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     options.log_severity_level = 4 if timing else 3
     if threads:
         options.intra_op_num_threads = threads
@@ -93,7 +224,7 @@ def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         source = proto.SerializeToString() if proto is not None else str(path)
-        return ort.InferenceSession(source, options, providers=providers)
+        session = ort.InferenceSession(source, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph, NotImplemented ...)
         kind = type(exc).__name__
         if kind == "InvalidProtobuf" or (fmt == "ort" and kind in ("Fail", "InvalidArgument")):
@@ -101,6 +232,8 @@ def open_session(path: Path | str | Any, *, threads: int | None = None, fmt: str
                             f"`python -m toolkit export RECIPE` or torch.onnx.export") from exc
         raise op_error(exc, f"onnxruntime {ort.__version__} ({fmt})", path) or \
             UserError(f"{path}: onnxruntime cannot load it: {first_line(exc)[:300]}") from exc
+    check_session_providers(session, providers, path)
+    return session
 
 
 def graph_inputs(path: Path | str) -> list[Any]:

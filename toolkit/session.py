@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from toolkit.config import Recipe, config_hash, dumps_toml, to_dict, with_absolute_paths
+from toolkit.config import Recipe, config_hash, dumps_toml, hashed_dict, with_absolute_paths
 from toolkit.errors import Interrupted, ToolkitError, UserError
 from toolkit.events import Emitter, Listener, StageEmitter
 from toolkit.rundir import (RunDir, RunLock, atomic_write_json, atomic_write_text, init_manifest, load_manifest,
@@ -167,7 +167,7 @@ def _files_digest(stage: Stage, recipe: Recipe) -> str:
 def stage_hash(stage: Stage, recipe: Recipe, manifest: dict[str, Any], earlier: Sequence[str]) -> dict[str, str]:
     """The parts of a stage's identity: config (its recipe sections), files (their content) and inputs
     (sha256 of every artifact the earlier stages recorded), and ``hash`` over all three."""
-    d = to_dict(recipe)
+    d = hashed_dict(recipe)
     config = config_hash({k: d[k] for k in stage.sections})
     inputs = sorted((a.get("name", ""), a.get("sha256", "")) for a in manifest.get("artifacts", [])
                     if a.get("stage") in earlier)

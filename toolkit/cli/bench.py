@@ -37,8 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, metavar="N", help="timed runs (default 200; with --seconds: at least N)")
     p.add_argument("--seconds", type=float, metavar="T", help="time runs for T seconds instead of a count")
     p.add_argument("--warmup", type=int, default=20, metavar="W", help="runs discarded first (default 20)")
-    p.add_argument("--provider", action="append", metavar="EP",
-                   help="ONNX Runtime execution provider, in order of preference (repeatable; default CPU)")
+    p.add_argument("--provider", metavar="EP",
+                   help="ONNX Runtime execution provider: cpu | cuda | tensorrt (default cpu; cuda and tensorrt "
+                        "fall back to the next provider for the nodes they cannot run, and need the gpu extra: "
+                        "pip install 'edge-toolkit[gpu]'). TensorRT keeps its engines in trt_cache/ beside the model")
     p.add_argument("--affinity", metavar="CPUS", help="pin the measuring process to these CPUs, e.g. 0-3 or 0,2")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs (default 0)")
     p.add_argument("--vocab-size", type=int, metavar="V",
@@ -75,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_generation(args, threads or os.cpu_count() or 1, target_name)
     options: dict[str, Any] = {}
     if args.provider:
-        options["providers"] = args.provider
+        from toolkit.onnxrt import check_providers, provider_chain
+
+        if (runtime or runtime_for(args.model)) != "onnxruntime":
+            raise UserError(f"--provider {args.provider}: execution providers are ONNX Runtime's; "
+                            f"{args.model} runs in {runtime or runtime_for(args.model)}")
+        check_providers(provider_chain(args.provider))  # a missing provider: one line, before loading anything
+        options["provider"] = args.provider
     result = benchmark(
         args.model, runtime=runtime, threads=threads, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup,
         runs=args.runs, seconds=args.seconds, affinity=_parse_cpus(args.affinity) if args.affinity else None,
@@ -191,6 +199,10 @@ def _print_table(r: Any) -> None:
         ("peak RSS", f"{r.peak_rss_mb:.1f} MiB (process peak, ru_maxrss)"),
         ("model size", size),
     ]
+    nodes = r.details.get("node_assignment")
+    if nodes and (len(nodes) > 1 or "CPUExecutionProvider" not in nodes):
+        rows.insert(1, ("providers", ", ".join(f"{ep.removesuffix('ExecutionProvider')} {f:.0%} of nodes"
+                                               for ep, f in nodes.items())))
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)

@@ -132,13 +132,22 @@ class OnnxRuntimeRunner:
     Args:
         threads: intra_op_num_threads.
         providers: execution providers in order of preference (default ``["CPUExecutionProvider"]``).
+        provider: ``cpu | cuda | tensorrt`` instead: the chain of :func:`toolkit.onnxrt.provider_chain`, its
+            TensorRT flags from the graph (FP16 weights, Q/DQ nodes).
+        cache_dir: TensorRT's engine and timing cache (default: ``trt_cache/`` beside the model, i.e. inside
+            the run directory for a run's variants).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int, providers: Sequence[str] | None = None):
+    def __init__(self, threads: int, providers: Sequence[str] | None = None, provider: str | None = None,
+                 cache_dir: str | Path | None = None):
+        from toolkit.onnxrt import provider_name
+
         self.threads = threads
-        self.providers = list(providers or ["CPUExecutionProvider"])
+        self.providers: list = list(providers or ["CPUExecutionProvider"])
+        self.provider = provider_name(provider) if provider else None  # a bad word fails before any loading
+        self.cache_dir = cache_dir
         self.session = None
         self.call = None
 
@@ -149,8 +158,12 @@ class OnnxRuntimeRunner:
         from toolkit import onnxrt
 
         path = self.path = require_file(model)
+        if self.provider:
+            cache = Path(self.cache_dir) if self.cache_dir else path.parent / "trt_cache"
+            self.providers = onnxrt.provider_chain(self.provider, cache_dir=cache, **onnxrt.graph_precision(path))
         # fatal log lines only: errors reach the user once, as our one-line message
-        self.session = onnxrt.open_session(path, threads=self.threads, providers=self.providers, timing=True)
+        self.session = onnxrt.open_session(path, threads=self.threads, providers=self.providers, timing=True,
+                                           assignment=True)
         self.call = functools.partial(self.session.run, None)  # = session.run(None, feed)
 
     def input_specs(self, real: Mapping[str, np.ndarray] | None = None) -> list[InputSpec]:
@@ -174,8 +187,18 @@ class OnnxRuntimeRunner:
 
     def info(self) -> dict:
         opts = self.session.get_session_options()
-        return {"providers": self.session.get_providers(), "intra_op_threads": opts.intra_op_num_threads,
-                "inter_op_threads": opts.inter_op_num_threads}
+        from toolkit.onnxrt import node_assignment
+
+        out = {"providers": self.session.get_providers(), "intra_op_threads": opts.intra_op_num_threads,
+               "inter_op_threads": opts.inter_op_num_threads}
+        nodes = node_assignment(self.session)
+        if nodes is not None:
+            out["node_assignment"] = nodes  # the fraction of the graph's nodes each provider took
+        options = self.session.get_provider_options()
+        trt = options.get("TensorrtExecutionProvider")
+        if trt:
+            out["tensorrt"] = {k: trt.get(k) for k in ("trt_fp16_enable", "trt_int8_enable", "trt_engine_cache_path")}
+        return out
 
     def close(self) -> None:
         self.session = None

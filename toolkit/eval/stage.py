@@ -70,7 +70,31 @@ def check_targets(recipe: Recipe) -> dict[str, Any]:
             out[name] = load_target(name)
         except UserError as e:
             raise UserError(f"eval.targets: {e}") from None
+    check_provider(recipe.eval.latency.provider, out)
     return out
+
+
+def check_provider(provider: str, targets: dict[str, Any]) -> None:
+    """``[eval.latency] provider`` is in this onnxruntime build, and every target with accelerators names it.
+
+    Raises:
+        UserError: the provider is missing (naming the gpu extra), or a target's profile lists accelerators none
+            of which is reached through it.
+    """
+    if provider == "cpu":
+        return
+    from toolkit.onnxrt import check_providers, provider_chain, provider_name
+
+    ep = provider_name(provider)
+    for name, target in targets.items():
+        named = {p for acc in getattr(target, "accelerators", []) for p in acc.execution_providers}
+        if named and ep not in named:
+            raise UserError(f"eval.latency.provider = '{provider}': target '{name}' names only "
+                            f"{', '.join(sorted(named))} for its accelerators; choose one of those or cpu")
+    try:
+        check_providers(provider_chain(provider))
+    except UserError as e:
+        raise UserError(f"eval.latency.provider = '{provider}': {e}") from None
 
 
 def run_eval(recipe: Recipe, run: RunDir, emit: StageEmitter, variants: Sequence[str] | None = None,

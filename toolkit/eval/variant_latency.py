@@ -35,7 +35,8 @@ SAMPLES = 32
 """at most this many batches of real samples are cycled through the timed runs"""
 FIELDS = ("p10_ms", "p10_spread_ms", "p10_rounds", "median_ms", "spread_ms", "rounds", "stable", "interference", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "throughput", "threads", "runtime",
           "source", "batch", "seq_len", "warmup", "runs", "first_inference_ms", "load_ms", "peak_rss_mb",
-          "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation")
+          "rss_growth_mb", "model_size_bytes", "inputs", "basis", "graph", "file", "generation", "provider",
+          "node_assignment")
 TORCH = "torch"
 """the runtime of a variant's PyTorch model folder (model/)"""
 CONVENTION = ("p50/p90/p99/mean over timed runs after warm-up (toolkit.eval.latency: perf_counter_ns around each "
@@ -194,6 +195,10 @@ def measure_host(jobs: dict[str, tuple[dict[str, Path], Encoding]], cfg: Latency
                     if spec is None:
                         continue
                     model, inputs, kwargs = spec
+                    if runtime == "onnxruntime" and cfg.provider != "cpu":
+                        # TensorRT's engines are kept in the run directory, beside the variants they were built for
+                        cache = {"cache_dir": Path(root) / "trt_cache" / name} if root is not None else {}
+                        kwargs = {**kwargs, "options": {"provider": cfg.provider, **cache}}
                     loaded[name] = load_contender(model, runtime=runtime, threads=threads, batch=cfg.batch,
                                                   warmup=cfg.warmup, inputs=inputs, target="host", **kwargs)
                     files_shown[name] = shown(model if isinstance(model, Path) else enc.source, root)
@@ -205,8 +210,10 @@ def measure_host(jobs: dict[str, tuple[dict[str, Path], Encoding]], cfg: Latency
                 contender.close(alone=False)
         for name, r in results.items():
             d = r.to_dict()
-            timing = {k: d["details"][k] for k in INTERLEAVED if k in d.get("details", {})}
-            out[name][runtime] = _entry({**d, **timing}, graph=jobs[name][1].task.graphs[0], file=files_shown[name])
+            timing = {k: d["details"][k] for k in INTERLEAVED + ("node_assignment",) if k in d.get("details", {})}
+            provider = cfg.provider if runtime == "onnxruntime" else None
+            out[name][runtime] = _entry({**d, **timing}, graph=jobs[name][1].task.graphs[0], file=files_shown[name],
+                                        provider=provider)
     for name, (files, enc) in jobs.items():
         if not (enc.task.kv_cache and cfg.new_tokens > 0):
             continue
@@ -309,8 +316,11 @@ def target_latency(target: Any, files: dict[str, Path], enc: Encoding, cfg: Late
         base = base_samples(enc, cfg.batch, cfg.seq_len)
         inputs = onnx_samples(model, base) if model.suffix == ".onnx" else base
         try:
+            extra = {"provider": cfg.provider} if cfg.provider != "cpu" else {}  # runners before it took none
+            if extra and root is not None:
+                extra["cache_dir"] = Path(root) / "trt_cache" / model.parent.name
             r = runner.measure(model, batch=cfg.batch, seq_len=seq_len, warmup=cfg.warmup, runs=cfg.runs,
-                               threads=threads, inputs=inputs)
+                               threads=threads, inputs=inputs, **extra)
             entry = _entry({**r, "source": "measured"}, graph=graph, file=shown(model, root))
             return {**entry, "by_runtime": {entry.get("runtime", target.runtime): dict(entry)}}
         except UserError as e:
@@ -323,7 +333,10 @@ def target_latency(target: Any, files: dict[str, Path], enc: Encoding, cfg: Late
     host = host_entry()
     calibration = None
     try:
-        if host is not None:
+        if host is not None and host.get("provider", "cpu") != "cpu":
+            log(f"{label}{target.name}: the host was timed on {host['provider']}, not its CPU; the estimate is "
+                f"not calibrated", "warning")
+        elif host is not None:
             # the host figures are measured at the thread count the host measurement used
             measured_on = dataclasses.replace(host_target, threads=int(host.get("threads") or host_target.threads))
             calibration = calibrate(files["onnx"], host["p50_ms"], measured_on, cfg.batch, seq_len)

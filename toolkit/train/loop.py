@@ -9,15 +9,12 @@ batch, gradients are all-reduced on the last micro-step only, rank 0 alone logs 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
-import resource
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +25,10 @@ from toolkit.events import StageEmitter, null_emitter
 from toolkit.rundir import RunDir
 from toolkit.tasks.base import Prepared, Task
 from toolkit.train import checkpoint as ckpt_io
-from toolkit.train import distributed
+from toolkit.train import distributed, perf
+from toolkit.train.bookkeeping import MetricsLog, NoLog, peak_memory_mb, stop_on_signals
 from toolkit.train.distributed import DistEnv
+from toolkit.train.mfu import MfuMeter, mfu
 
 PROGRESS_INTERVAL_S = 0.1
 """the least time between two progress events (log steps and the last step always get one)"""
@@ -136,98 +135,15 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[dict[str, Any]]:
-    """SIGINT/SIGTERM set a flag that the loop checks after each step (then it checkpoints and exits)."""
-    flag: dict[str, Any] = {"signal": None}
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if flag["signal"] is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-class _MetricsLog:
-    """train/metrics.jsonl (+ TensorBoard when installed)."""
-
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # On resume, drop what was logged after the checkpoint: those steps are replayed.
-        if resume_step >= 0 and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and _step_of(ln) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
-        elif path.exists():
-            path.unlink()
-        self.fh = open(path, "a", buffering=1)
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except ImportError:  # tensorboard is an optional extra
-            self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-class _NoLog:
-    """What ranks other than 0 log: nothing."""
-
-    def write(self, record: dict[str, Any]) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def _step_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, ValueError):
-        return 1 << 62
-
-
 # ---- the loop -----------------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: StageEmitter,
         resume: bool = False, defer: bool | None = None, dist: DistEnv | None = None,
-        meta: dict[str, Any] | None = None) -> TrainResult:
+        meta: dict[str, Any] | None = None, prefetch: bool | None = None) -> TrainResult:
     """Train ``prepared.model`` per ``recipe.train`` with checkpoints in ``run.checkpoints``.
 
     ``defer`` (default: on CUDA) books each step one step late so the host never waits for the device.
+    ``prefetch`` (default: on CUDA unless ``deterministic``) collates the coming micro-batches on a thread.
     ``dist`` (default: the process group this process joined, see ``distributed.init``): under DDP every
     rank calls ``fit``; rank 0 alone writes. ``meta``: plain data kept in every checkpoint (e.g. a LoRA
     base model's reference); resuming from a checkpoint with another ``meta["base"]`` is refused.
@@ -269,6 +185,9 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
         ckpt_io.restore_rng(rng)
         resumed_from = state.step
         emit.log(f"resumed from {found.path.name} (step {state.step}, epoch {state.epoch})")
+    where = recipe.source_path or "the recipe"
+    if cfg.compile:
+        perf.compile_model(model, where)  # in place: checkpoints keep the eager model's keys
     net = distributed.wrap(model, env, device)  # DDP: all-reduces gradients in backward
     trainable = [q for q in model.parameters() if q.requires_grad]
 
@@ -296,7 +215,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                 env, (metrics, state.best, state.evals_since_best, state.stopped))
         return metrics
 
-    log = _MetricsLog(run.metrics, resumed_from) if env.is_main else _NoLog()
+    log = MetricsLog(run.metrics, resumed_from) if env.is_main else NoLog()
     batch_size, accum = cfg.batch_size, cfg.grad_accum
     anomaly = torch.autograd.detect_anomaly() if cfg.detect_anomaly else contextlib.nullcontext()
     # On CUDA a step's bookkeeping (was it finite? advance the LR, log) is read one step late, so the host
@@ -304,7 +223,16 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
     # (found_inf), exactly as the fp16 GradScaler does. Steps that checkpoint, log or validate settle at once.
     defer = device.type == "cuda" if defer is None else defer
     meter = {"samples": 0, "tokens": 0, "t0": time.perf_counter(), "total_samples": 0, "total_time": 0.0,
-             "progress_t": 0.0}
+             "progress_t": 0.0, "flops": 0.0}
+    # MFU on CUDA devices of known peak, for models whose shapes the architecture adapters read (else off)
+    flops = MfuMeter(model, device, cfg.precision, token_head=not getattr(task, "classifies", True))
+    # A background collator helps where the device runs apart from the host (CUDA); on the CPU it would only
+    # compete for the same cores, and a deterministic run keeps collation in the loop's thread and order.
+    threaded = (device.type == "cuda" and not cfg.deterministic) if prefetch is None else prefetch
+
+    def collate(part: list[int]) -> dict[str, Any]:
+        batch = prepared.collate([prepared.train_set[i] for i in part])
+        return perf.pinned(batch) if device.type == "cuda" else batch
     pending: dict[str, Any] | None = None
     validation: dict[str, float] = {}
     emit("start", total=total, resumed_from=max(resumed_from, 0), world_size=env.world)
@@ -338,6 +266,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
         meter["tokens"] += p["tokens"]
         meter["total_samples"] += p["samples"]
         meter["total_time"] += time.perf_counter() - p["t"]
+        meter["flops"] += p["flops"]
         if p["before"] is not None:
             with torch.no_grad():
                 # one host sync for the whole model (a float() per tensor costs a GPU sync each)
@@ -350,62 +279,81 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                 "step": state.step, "epoch": state.epoch + p["epoch_fraction"], "loss": loss_v,
                 "lr": p["lr"], "grad_norm": norm_v, "update_ratio": math.sqrt(num) / max(math.sqrt(den), 1e-12),
                 "samples_per_s": meter["samples"] / span, "tokens_per_s": meter["tokens"] / span,
-                "peak_memory_mb": _peak_memory_mb(device), "skipped_steps": state.skipped_steps,
+                "peak_memory_mb": peak_memory_mb(device), "skipped_steps": state.skipped_steps,
             }
+            if flops.active:
+                record["mfu"] = mfu(meter["flops"], span, flops.peak)
             log.write(record)
-            emit("metric", values=record)
-            meter.update(samples=0, tokens=0, t0=time.perf_counter())
+            with spans.span("events"):
+                emit("metric", values=record)
+            meter.update(samples=0, tokens=0, t0=time.perf_counter(), flops=0.0)
         now = time.perf_counter()
         if now - meter["progress_t"] >= PROGRESS_INTERVAL_S or state.step == total or p["before"] is not None:
             # at most ~10 progress events a second: fast GPU steps would otherwise spend their time on the
             # event file and the display
             meter["progress_t"] = now
-            emit("progress", step=state.step, total=total)
+            with spans.span("events"):
+                emit("progress", step=state.step, total=total)
 
+    def plan(indices: list[int]) -> list[list[int]]:
+        """This rank's micro-batches of a global batch (index lists)."""
+        mine = distributed.shard(indices, env)
+        # Split this rank's share into `accum` micro-batches; each loss is weighted by its share of the global
+        # batch, so the summed (and, under DDP, rank-averaged × world) gradient is the gradient of the global
+        # batch's mean loss, whatever the world size. A short last batch that left this rank nothing gets a
+        # zero-weighted pass of one example, which keeps it in the gradient all-reduce.
+        return [mine[i::accum] for i in range(accum) if mine[i::accum]] or [[indices[0]]]
+
+    loader: Any = perf.Inline(collate)
     try:
-        with _stop_on_signals() as stop, anomaly:
+        with stop_on_signals() as stop, anomaly, perf.profiling(cfg.profile and env.is_main, run.train,
+                                                              device) as spans:
             while state.step + (pending is not None) < total and not state.stopped:
                 order = epoch_order(recipe.seed, state.epoch, n_train)
                 batches = [order[i:i + batch_size] for i in range(0, n_train, batch_size)]
+                plans = [plan(b) for b in batches]
+                if threaded:
+                    loader = perf.Prefetcher(collate, [p for b in plans[state.batch_in_epoch:] for p in b])
                 while state.batch_in_epoch < len(batches) and state.step + (pending is not None) < total:
                     t_step = time.perf_counter()
                     indices = batches[state.batch_in_epoch]  # the global batch: the same on every rank
                     mine = distributed.shard(indices, env)
+                    micro = plans[state.batch_in_epoch]
                     model.train()
-                    # Split this rank's share into `accum` micro-batches; each loss is weighted by its share of
-                    # the global batch, so the summed (and, under DDP, rank-averaged × world) gradient is the
-                    # gradient of the global batch's mean loss, whatever the world size.
-                    micro = [mine[i::accum] for i in range(accum) if mine[i::accum]]
-                    if not micro:
-                        # A short last batch left this rank nothing: a zero-weighted pass keeps it in the
-                        # gradient all-reduce.
-                        micro = [[indices[0]]]
                     loss_sum = torch.zeros((), device=device)
-                    tokens = 0
+                    tokens, step_flops = 0, 0.0
                     for k, part in enumerate(micro):
                         share = len(part) / len(indices) if mine else 0.0
-                        batch = prepared.collate([prepared.train_set[i] for i in part])
+                        with spans.span("collate"):  # with the prefetcher: the wait for its next batch
+                            batch = loader.get(part)
                         if "attention_mask" in batch and mine:
                             tokens += int(batch["attention_mask"].sum())  # counted on the host: no sync
-                        batch = _to_device(batch, device)
+                        if flops.active:
+                            step_flops += flops.step_flops(batch)
+                        with spans.span("to_device"):
+                            batch = perf.to_device(batch, device)
                         # Gradients are all-reduced on the last micro-step only (DDP no_sync before it).
                         last = k == len(micro) - 1
                         with (net.no_sync() if env.active and not last else contextlib.nullcontext()):
-                            with autocast(device, cfg.precision):
-                                out = net(**batch)
-                            loss = out.loss.float() * share
-                            scaler.scale(loss * env.world if env.active else loss).backward()
+                            with spans.span("forward"):
+                                with autocast(device, cfg.precision):
+                                    out = net(**batch)
+                                loss = out.loss.float() * share
+                            with spans.span("backward"):
+                                scaler.scale(loss * env.world if env.active else loss).backward()
                         loss_sum += loss.detach()
                     state.batch_in_epoch += 1
                     stop_now, tokens = distributed.agree(env, bool(stop["signal"]), tokens)
                     distributed.all_reduce_sum(env, loss_sum)  # the global batch's mean loss
 
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        model.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
-                    stats = torch.stack([loss_sum, grad_norm.detach().float().to(device)])  # (2,) on the device
+                    with spans.span("optimizer"):
+                        scaler.unscale_(optimizer)
+                        grad_norm = torch.nn.utils.clip_grad_norm_(
+                            model.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
+                        stats = torch.stack([loss_sum, grad_norm.detach().float().to(device)])  # (2,) on device
                     if pending is not None:
-                        settle()  # the previous step: sets this step's LR before its optimizer step
+                        with spans.span("bookkeeping"):
+                            settle()  # the previous step: sets this step's LR before its optimizer step
 
                     # Decide now whether this step needs the host afterwards (log, checkpoint, validate, stop).
                     upcoming = state.step + 1
@@ -416,15 +364,16 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                     log_now = upcoming % cfg.log_every == 0 or upcoming == total
                     before = [q.detach().clone() for q in trainable] if log_now and env.is_main else None
                     lr_now = scheduler.get_last_lr()[0]
-                    if scaler.is_enabled():
-                        scaler.step(optimizer)  # fused AdamW: skipped on the device when found_inf
-                        scaler.update()
-                    else:
-                        optimizer.found_inf = (~torch.isfinite(stats).all()).float()
-                        optimizer.grad_scale = None
-                        optimizer.step()
-                        del optimizer.found_inf, optimizer.grad_scale
-                    optimizer.zero_grad(set_to_none=True)
+                    with spans.span("optimizer"):
+                        if scaler.is_enabled():
+                            scaler.step(optimizer)  # fused AdamW: skipped on the device when found_inf
+                            scaler.update()
+                        else:
+                            optimizer.found_inf = (~torch.isfinite(stats).all()).float()
+                            optimizer.grad_scale = None
+                            optimizer.step()
+                            del optimizer.found_inf, optimizer.grad_scale
+                        optimizer.zero_grad(set_to_none=True)
 
                     event = None
                     if device.type == "cuda":
@@ -434,12 +383,14 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                         event.record()
                         stats = host
                     pending = {"stats": stats, "event": event, "samples": len(indices), "tokens": tokens,
-                               "t": t_step, "before": before, "lr": lr_now,
+                               "t": t_step, "before": before, "lr": lr_now, "flops": step_flops,
                                "epoch_fraction": state.batch_in_epoch / len(batches)}
+                    spans.step_done(time.perf_counter() - t_step)
                     if not sync_now:
                         continue
                     step_before = state.step
-                    settle()
+                    with spans.span("bookkeeping"):
+                        settle()
                     if state.step == step_before:
                         continue  # skipped: no boundary reached
                     if cfg.eval_every and state.step % cfg.eval_every == 0:
@@ -452,6 +403,7 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                         emit("interrupted", signal=signame, step=state.step, checkpoint=str(path))
                         raise Interrupted(f"stopped by {signame} at step {state.step}; checkpoint "
                                           f"{path.name} saved; rerun with --resume to continue")
+                loader.close()
                 if pending is not None:
                     settle()
                 if state.batch_in_epoch >= len(batches):
@@ -466,14 +418,20 @@ def fit(recipe: Recipe, task: Task, prepared: Prepared, run: RunDir, emit: Stage
                 # Training ended inside an epoch: validate the final weights too.
                 validation = validate()
             save()
+    except Exception as exc:
+        error = perf.compile_error(exc, where) if cfg.compile else None
+        if error is None:
+            raise
+        raise error from None
     finally:
+        loader.close()
         log.close()
     speed = meter["total_samples"] / meter["total_time"] if meter["total_time"] else 0.0
     return TrainResult(run.final, state, validation, speed)
 
 
 def _validate(task: Task, prepared: Prepared, model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
-              state: LoopState, emit: StageEmitter, log: _MetricsLog) -> dict[str, float]:
+              state: LoopState, emit: StageEmitter, log: MetricsLog) -> dict[str, float]:
     """Validation metrics; early stopping bookkeeping (no RNG is used, so resume stays exact)."""
     if not len(prepared.val_set):
         return {}

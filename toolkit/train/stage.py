@@ -26,9 +26,9 @@ STAGE = "train"
 
 def train_config_hash(recipe: Recipe) -> str:
     """What the trained model depends on: seed, task, data, model and train settings."""
-    from toolkit.config import to_dict
+    from toolkit.config import hashed_dict
 
-    d = to_dict(recipe)
+    d = hashed_dict(recipe)
     return config_hash({k: d[k] for k in ("seed", "task", "data", "model", "train")})
 
 

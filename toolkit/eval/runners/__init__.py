@@ -25,13 +25,18 @@ class Runner(Protocol):
     """the Target"""
 
     def measure(self, model_file: Path, *, batch: int = 1, seq_len: int = 64, warmup: int = 20, runs: int = 200,
-                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None, provider: str = "cpu",
+                cache_dir: Path | None = None) -> dict[str, Any]:
         """DESIGN latency fields (p50_ms, p90_ms, p99_ms, mean_ms, throughput, threads, runtime), source
-        "measured", and extras (load_ms, first_inference_ms, peak_rss_mb, input_shapes, where).
+        "measured", and extras (load_ms, first_inference_ms, peak_rss_mb, input_shapes, where, provider,
+        node_assignment: the fraction of the graph's nodes each execution provider took).
 
         Args:
             threads: the runtime's threads; None or 0: the profile's.
             inputs: real samples (name -> array, one row per sample); None: synthetic inputs as the harness makes.
+            provider: ONNX Runtime's execution provider, cpu | cuda | tensorrt.
+            cache_dir: TensorRT's engine cache where the measurement runs on this machine (ssh: a folder on the
+                device, ``~/.cache/edge-toolkit/trt``).
         Raises:
             UserError: the target cannot be reached (naming the host), or the model does not run there.
         """

@@ -36,7 +36,8 @@ class LocalRunner:
         self.timeout = timeout
 
     def measure(self, model_file: Path, *, batch: int = 1, seq_len: int = 64, warmup: int = 20, runs: int = 200,
-                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None, provider: str = "cpu",
+                cache_dir: Path | None = None) -> dict[str, Any]:
         """Run the harness on ``model_file`` in a child process; see :class:`toolkit.eval.runners.Runner`."""
         model = Path(model_file)
         if not model.is_file():
@@ -50,6 +51,8 @@ class LocalRunner:
                 args += ["--affinity", ",".join(str(c) for c in self.affinity)]
             if inputs is not None:
                 args += ["--inputs", str(save_inputs(inputs, Path(tmp) / "inputs.npz"))]
+            if provider != "cpu":
+                args += ["--provider", provider] + (["--cache-dir", str(cache_dir)] if cache_dir else [])
             try:
                 proc = subprocess.run(args, capture_output=True, text=True, timeout=self.timeout,
                                       stdin=subprocess.DEVNULL)
@@ -86,6 +89,8 @@ def _child(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs")
     p.add_argument("--affinity")
     p.add_argument("--target")
+    p.add_argument("--provider", default="cpu")
+    p.add_argument("--cache-dir")
     a = p.parse_args(argv)
     from toolkit.errors import ToolkitError
     from toolkit.eval.latency import benchmark
@@ -95,14 +100,19 @@ def _child(argv: list[str] | None = None) -> int:
         if a.inputs:
             with np.load(a.inputs, allow_pickle=False) as data:
                 inputs = {k: data[k] for k in data.files}
+        options = {}
+        if a.provider != "cpu":
+            options = {"provider": a.provider, **({"cache_dir": a.cache_dir} if a.cache_dir else {})}
         result = benchmark(a.model, threads=a.threads, batch=a.batch, seq_len=None if inputs else a.seq_len,
-                           warmup=a.warmup, runs=a.runs, inputs=inputs, target=a.target,
+                           warmup=a.warmup, runs=a.runs, inputs=inputs, target=a.target, options=options,
                            affinity=[int(c) for c in a.affinity.split(",")] if a.affinity else None)
     except ToolkitError as exc:
         print(json.dumps({"error": str(exc)}))
         return 2
     out = result.to_dict()
     out.setdefault("seq_len", a.seq_len)
+    if "node_assignment" in out.get("details", {}):
+        out.update(provider=a.provider, node_assignment=out["details"]["node_assignment"])
     print(json.dumps(out, default=str))
     return 0
 

@@ -69,10 +69,65 @@ def _load_npz(path: str, np) -> list:
         return [(name, data[name]) for name in data.files]
 
 
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _providers(args, ort) -> list:
+    """The execution providers for ``--provider`` with their options (the toolkit's ``onnxrt.provider_chain``,
+    restated: this script imports nothing of the toolkit)."""
+    cpu = [("CPUExecutionProvider", {})]
+    if args.provider == "cpu":
+        return cpu
+    chain = [("CUDAExecutionProvider", {"device_id": "0"})] + cpu
+    if args.provider == "tensorrt":
+        fp16, qdq = _graph_flags(args.model)
+        options = {"device_id": "0", "trt_fp16_enable": str(fp16), "trt_int8_enable": str(qdq)}
+        if args.trt_cache:
+            cache = os.path.abspath(os.path.expanduser(args.trt_cache))
+            os.makedirs(cache, exist_ok=True)
+            options.update(trt_engine_cache_enable="True", trt_engine_cache_path=cache,
+                           trt_timing_cache_enable="True", trt_timing_cache_path=cache)
+        chain = [("TensorrtExecutionProvider", options)] + chain
+    available = ort.get_available_providers()
+    for name, _ in chain:
+        if name not in available:
+            raise BenchError(f"execution provider '{name}' is not in this onnxruntime build (it has "
+                             f"{', '.join(available)}); install onnxruntime-gpu (on a Jetson: JetPack's build)")
+    return chain
+
+
+def _graph_flags(path: str) -> tuple:
+    """(FP16 weights, Q/DQ nodes) of an .onnx graph, for TensorRT's FP16 and INT8 flags; onnx is optional here."""
+    try:
+        import onnx
+    except ImportError:
+        return False, False
+    if not path.endswith(".onnx"):
+        return False, False
+    graph = onnx.load(path, load_external_data=False).graph
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    return fp16, any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def _node_assignment(session):
+    """The fraction of nodes each provider took (onnxruntime >= 1.23), else None."""
+    try:
+        subgraphs = session.get_provider_graph_assignment_info()
+    except Exception:
+        return None
+    counts = {}
+    for sub in subgraphs:
+        counts[sub.ep_name] = counts.get(sub.ep_name, 0) + len(sub.get_nodes())
+    total = sum(counts.values())
+    return {ep: round(n / total, 4) for ep, n in counts.items()} if total else None
+
+
 def _onnxruntime(args, np):
     import onnxruntime as ort
 
+    providers = _providers(args, ort)
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -80,10 +135,14 @@ def _onnxruntime(args, np):
     so.log_severity_level = 4
     t0 = time.perf_counter_ns()
     try:
-        session = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(args.model, so, providers=providers)
     except Exception as exc:
         raise BenchError(f"onnxruntime cannot load {os.path.basename(args.model)}: {_line(exc)}") from exc
     load_ns = time.perf_counter_ns() - t0
+    if providers[0][0] not in session.get_providers():  # its libraries did not load: ORT fell back silently
+        raise BenchError(f"onnxruntime could not start {providers[0][0]} (the session fell back to "
+                         f"{', '.join(session.get_providers())}); install its libraries (CUDA/cuDNN, TensorRT)")
+    args.node_assignment = _node_assignment(session)
     if args.inputs:
         feeds = _batches(_load_npz(args.inputs, np), args.batch)
         kind = "real"
@@ -193,6 +252,8 @@ def run(args) -> dict:
         "machine": {"node": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
                     "cpus": os.cpu_count()},
         "conventions": CONVENTIONS,
+        **({"provider": args.provider, "node_assignment": getattr(args, "node_assignment", None)}
+           if runtime == "onnxruntime" else {}),
     }
 
 
@@ -208,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", help=".npz of input arrays (a batch of rows)")
     p.add_argument("--vocab-size", type=int, help="synthetic token ids stay below this")
     p.add_argument("--affinity", help="comma-separated CPU ids to pin to")
+    p.add_argument("--provider", choices=tuple(PROVIDERS), default="cpu", help="ONNX Runtime execution provider")
+    p.add_argument("--trt-cache", help="TensorRT engine cache folder (kept between runs)")
     args = p.parse_args(argv)
     try:
         for key in ("threads", "batch", "seq_len", "runs"):

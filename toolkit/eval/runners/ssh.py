@@ -27,6 +27,8 @@ from toolkit.eval.runners.local import _last_json, _last_line
 
 SCRIPT = Path(__file__).with_name("remote_bench.py")
 _REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]+$")
+REMOTE_TRT_CACHE = ".cache/edge-toolkit/trt"
+"""TensorRT's engine cache on the device, relative to the remote user's home (kept between measurements)"""
 
 
 class SshRunner:
@@ -89,8 +91,12 @@ class SshRunner:
     # -- measuring ---------------------------------------------------------------------------------------------
 
     def measure(self, model_file: Path, *, batch: int = 1, seq_len: int = 64, warmup: int = 20, runs: int = 200,
-                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """Copy, run, read back, clean up; see :class:`toolkit.eval.runners.Runner`.
+                threads: int | None = None, inputs: dict[str, np.ndarray] | None = None, provider: str = "cpu",
+                cache_dir: Path | None = None) -> dict[str, Any]:
+        """Copy, run, read back, clean up; see :class:`toolkit.eval.runners.Runner`. ``cache_dir`` is a local
+        folder and means nothing on the device: TensorRT's engines stay there in ``REMOTE_TRT_CACHE`` (relative
+        to the remote user's home), outside the per-measurement folder that is removed, so later measurements
+        reuse them.
 
         Raises:
             UserError: the host cannot be reached or does not answer in time (naming it), or the benchmark fails
@@ -114,9 +120,8 @@ class SshRunner:
                 raise UserError(f"{self.where}: mktemp -d answered {remote_dir[:80]!r}, not a folder path")
             try:
                 self._run(self.scp_args(files, remote_dir), deadline, "copying the model")
-                words = [self.python, f"{remote_dir}/{SCRIPT.name}", f"{remote_dir}/{model.name}",
-                         "--threads", str(threads), "--batch", str(batch), "--seq-len", str(seq_len),
-                         "--warmup", str(warmup), "--runs", str(runs), "--inputs", f"{remote_dir}/inputs.npz"]
+                words = self.bench_words(remote_dir, model.name, threads=threads, batch=batch, seq_len=seq_len,
+                                         warmup=warmup, runs=runs, provider=provider)
                 out = self._run(self.ssh_args(words), deadline, "running the benchmark")
             finally:
                 # clean up even after a failure, within its own short limit
@@ -125,6 +130,17 @@ class SshRunner:
         if result is None or "error" in result:
             raise UserError(f"{self.where}: the benchmark gave no result: {(result or {}).get('error') or out[-200:]}")
         return result_fields(result, self.target, f"ssh {self.where}")
+
+    def bench_words(self, remote_dir: str, model_name: str, *, threads: int, batch: int, seq_len: int, warmup: int,
+                    runs: int, provider: str = "cpu") -> list[str]:
+        """The remote command: the interpreter, remote_bench.py and its arguments (an argument list, quoted by
+        :meth:`ssh_args`)."""
+        words = [self.python, f"{remote_dir}/{SCRIPT.name}", f"{remote_dir}/{model_name}",
+                 "--threads", str(threads), "--batch", str(batch), "--seq-len", str(seq_len),
+                 "--warmup", str(warmup), "--runs", str(runs), "--inputs", f"{remote_dir}/inputs.npz"]
+        if provider != "cpu":
+            words += ["--provider", provider, "--trt-cache", REMOTE_TRT_CACHE]
+        return words
 
     def _cleanup(self, remote_dir: str) -> None:
         try:

@@ -1,0 +1,273 @@
+"""The budgeted search of ``toolkit tune``: cheap trials first, then optuna over the training chains.
+
+1. The base is trained (or reused) and timed; it is trial ``base``.
+2. Cheap trials: every quantization of the base the space holds (seconds each).
+3. Training trials while budget is left: optuna's TPE sampler (ask/tell, so the wall-clock budget is checked between
+   trials) picks a student, a pruning level and a quantization; its ``constraints_func`` marks trials over the
+   quality budget infeasible, so it learns to avoid them. A chain whose trained model is already over the budget is
+   told PRUNED before its quantization and timing (quantization does not give quality back).
+4. Finished trials are read back from ``tune/trials/`` first: a rerun repeats none of them, and they are added to
+   the study so the sampler starts from what is known.
+Then :mod:`toolkit.tune.result` writes the fronts, confirms winners on the eval split and writes the recipes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any
+
+from toolkit.config import Recipe
+from toolkit.errors import UserError
+from toolkit.events import Emitter
+from toolkit.rundir import RunDir
+from toolkit.tune import space as sp
+from toolkit.tune.trial import Bench, failed_record, load_all, run_trial, validation_quality
+
+STAGE = "tune"
+MAX_REPEATS = 25
+"""consecutive proposals of already-finished chains after which the training space counts as exhausted"""
+
+
+def parse_budget(text: str) -> float:
+    """'90s', '2m', '45m', '1.5h' or a bare number of minutes -> seconds.
+
+    Raises:
+        UserError: not a duration, or not above zero.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", str(text))
+    if not m:
+        raise UserError(f"--budget {text}: not a duration; write e.g. 90s, 2m, 45m or 1h")
+    seconds = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, None: 60}[m.group(2)]
+    if seconds <= 0:
+        raise UserError(f"--budget {text}: the budget must be above zero (e.g. --budget 45m)")
+    return seconds
+
+
+def check_trainable(recipe: Recipe) -> None:
+    """tune trains students and prunes with recovery: the base must be a PyTorch model that trains (or a trained
+    folder used as given).
+
+    Raises:
+        UserError: an ONNX model source, or a built-in model with training switched off (untrained weights).
+    """
+    file = recipe.source_path or "recipe"
+    source = recipe.model.source.strip()
+    if source.lower().endswith(".onnx"):
+        raise UserError(f"{file}: model.source = '{source}' is an ONNX file: tune needs a PyTorch model to "
+                        f"distil and prune; point model.source at a Hugging Face folder or a builtin: model")
+    if not recipe.train.enabled and (not source or source.startswith("builtin:")):
+        raise UserError(f"{file}: train.enabled = false with the built-in model '{source or 'default'}' leaves its "
+                        f"weights untrained; set train.enabled = true (or point model.source at a trained folder)")
+
+
+def ensure_base(recipe: Recipe, run: RunDir, emitter: Emitter) -> None:
+    """Train the base (resuming its checkpoints) unless ``variants/base`` is up to date with the recipe."""
+    from toolkit.rundir import load_manifest
+    from toolkit.train import checkpoint as ckpt_io
+    from toolkit.train.stage import has_finished, run_train, train_config_hash
+    from toolkit.variants import load_variants
+
+    emit = emitter.for_stage("train")
+    same = load_manifest(run).get("train_config_hash") in (None, train_config_hash(recipe))
+    if "base" in load_variants(run.variants) and same and has_finished(run, recipe):
+        emit("skip", reason="the baseline variant is up to date with the recipe")
+        return
+    resume = bool(ckpt_io.list_checkpoints(run.checkpoints)) and same
+    if not resume and ckpt_io.list_checkpoints(run.checkpoints):
+        import shutil
+
+        emit.log("the recipe's training settings changed: training starts over", "warning")
+        shutil.rmtree(run.checkpoints)
+    run_train(recipe, run, emit, resume=resume)
+
+
+def tune_latency(recipe: Recipe) -> Any:
+    """Trial timing: the recipe's latency settings with fewer runs (the search ranks; the eval stage reports)."""
+    cfg = recipe.eval.latency
+    return dataclasses.replace(cfg, warmup=min(cfg.warmup, 10), runs=min(cfg.runs, 60), rounds=min(cfg.rounds, 5),
+                               budget_s=min(cfg.budget_s, 4.0), generation_runs=min(cfg.generation_runs, 2))
+
+
+class _Search:
+    """The state of one ``tune``: the bench, the trials by key, the deadline, the events."""
+
+    def __init__(self, bench: Bench, space: sp.Space, primary: str, deadline: float) -> None:
+        self.bench, self.space, self.primary, self.deadline = bench, space, primary, deadline
+        self.trials: dict[str, dict[str, Any]] = load_all(bench)
+        self.reused = set(self.trials)
+        self.ran: list[str] = []
+        self.failed: list[dict[str, Any]] = []
+        self.announced: set[str] = set()
+        combos = (len(space.students) + 1) * (len(space.prunes) + 1) * (len(space.quants) + 1)
+        self.total = combos
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def best(self) -> dict[str, Any]:
+        """Best so far per target: the fastest trial within the quality budget (validation)."""
+        out = {}
+        for target in self.bench.targets:
+            ok = [t for t in self.trials.values() if t.get("within_budget") and target in t.get("latency", {})]
+            if ok:
+                top = max(ok, key=lambda t: t["latency"][target]["speedup"])
+                out[target] = {"trial": top["key"], "speedup": top["latency"][target]["speedup"]}
+        return out
+
+    def run(self, params: dict[str, str], tables: list[dict[str, Any]], optuna_trial: Any = None) -> dict | None:
+        """Run one chain unless it is known; returns its record (None when it failed)."""
+        emit = self.bench.emit
+        key = sp.chain_key(tables)
+        if key in self.trials:
+            if key in self.reused and key not in self.announced:
+                self.announced.add(key)
+                emit("skip", trial=key, reason="finished in an earlier tune", params=params)
+            return self.trials[key]
+        if key in {f["key"] for f in self.failed}:
+            return None  # failed once in this tune: not again (a rerun of tune retries it)
+
+        def should_stop(excess: float) -> bool:
+            if optuna_trial is not None:
+                optuna_trial.report(excess, 0)
+            return excess > 0
+
+        emit.log(f"trial {key}: " + " → ".join(f"{k}={v}" for k, v in params.items() if v != sp.NONE) or "base")
+        t0 = time.time()
+        try:
+            record = run_trial(self.bench, key, params, tables, should_stop)
+        except UserError as e:
+            record = failed_record(key, params, tables, e, time.time() - t0)
+            emit.log(f"trial {key} failed: {record['why']}", "warning")
+            self.failed.append(record)
+            return None
+        self.trials[key] = record
+        self.ran.append(key)
+        emit("metric", trial=key, params=params, status=record["status"],
+             values={"drop": (record.get("validation") or record.get("trained") or {}).get("drop"),
+                     **{f"speedup_{t}": v["speedup"] for t, v in record.get("latency", {}).items()}},
+             seconds=record.get("seconds"))
+        emit("progress", step=len(self.trials), total=self.total, best=self.best(),
+             seconds_left=round(max(0.0, self.left()), 1))
+        return record
+
+
+def _objective(record: dict[str, Any], primary: str) -> float | None:
+    """What the sampler minimises: the trial's latency on the primary target relative to the base."""
+    entry = record.get("latency", {}).get(primary)
+    return 1.0 / entry["speedup"] if entry else None
+
+
+def _finite(excess: float) -> float:
+    return excess if math.isfinite(excess) else 1.0  # optuna refuses inf/NaN constraints; 1.0 = far over budget
+
+
+def _optuna_phase(search: _Search) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, bench = search.space, search.bench
+    dists = {"student": CategoricalDistribution([sp.NONE, *space.students]),
+             "prune": CategoricalDistribution([sp.NONE, *space.prunes]),
+             "quant": CategoricalDistribution([sp.NONE, *space.quants])}
+    if not space.students and not space.prunes:
+        bench.emit.log("no student or pruning level fits this model: only quantization was searched", "warning")
+        return
+
+    # the quality budget is a constraint (excess drop > 0: infeasible), which TPE weighs when it samples
+    sampler = optuna.samplers.TPESampler(seed=bench.recipe.seed, n_startup_trials=4, multivariate=True)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    for record in search.trials.values():  # what earlier runs (and the cheap phase) learnt
+        params = record.get("params") or {}
+        if set(params) != set(dists) or any(params[k] not in dists[k].choices for k in dists):
+            continue
+        value = _objective(record, search.primary)
+        excess = (record.get("validation") or record.get("trained") or {}).get("drop", math.inf) - bench.max_drop
+        if record["status"] == "pruned" or value is None:
+            study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED,
+                                         constraints={"quality": _finite(excess)}))
+        else:
+            study.add_trial(create_trial(params=params, distributions=dists, value=value,
+                                         constraints={"quality": _finite(excess)}))
+    repeats = 0
+    while search.left() > 0 and repeats < MAX_REPEATS:
+        trial = study.ask(dists)
+        params = {k: trial.params[k] for k in dists}
+        tables = sp.chain_tables(space, **params)
+        key = sp.chain_key(tables)
+        known = key in search.trials or key in {f["key"] for f in search.failed}
+        record = search.run(params, tables, trial)
+        repeats = repeats + 1 if known else 0
+        if record is None:
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        excess = (record.get("validation") or record.get("trained") or {}).get("drop", math.inf) - bench.max_drop
+        trial.set_constraint("quality", _finite(excess))
+        value = _objective(record, search.primary)
+        if record["status"] == "pruned" or value is None:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+    if repeats >= MAX_REPEATS:
+        bench.emit.log(f"the sampler proposed only finished chains {MAX_REPEATS} times in a row: the space is "
+                       f"searched out")
+
+
+def run_tune(recipe: Recipe, run: RunDir, emitter: Emitter, targets: dict[str, Any], max_drop: float,
+             budget_s: float) -> dict[str, Any]:
+    """Search chains for ``recipe`` within ``budget_s`` seconds; write ``tune/`` in ``run``; returns the summary
+    (``tune/report.json``'s content).
+
+    Raises:
+        UserError: a recipe tune cannot work with (named key), bad data (as training raises it).
+    """
+    from toolkit.data import load_splits
+    from toolkit.rundir import quiet_onnxruntime
+    from toolkit.targets import detect_host
+    from toolkit.tasks import get_task
+    from toolkit.tune.result import write_results
+
+    quiet_onnxruntime()
+    started = time.time()
+    deadline = started + budget_s
+    check_trainable(recipe)
+    space = sp.search_space(recipe, targets, max_drop)
+    emit = emitter.for_stage(STAGE)
+    emit("start", targets=list(targets), max_drop=max_drop, budget_s=budget_s, space=space.to_dict())
+    for note in space.notes:
+        emit.log(f"left out of the search: {note}")
+    if recipe.train.threads:
+        import torch
+
+        torch.set_num_threads(recipe.train.threads)
+    ensure_base(recipe, run, emitter)
+    splits = load_splits(recipe, log=emit.log)
+    if not splits.validation:
+        raise UserError(f"{recipe.source_path or 'recipe'}: the validation split is empty; tune checks quality on "
+                        f"it: set data.validation or give data.split a validation fraction above 0")
+    bench = Bench(recipe=recipe, run=run, emit=emit, compress_emit=emitter.for_stage("compress"), splits=splits,
+                  targets=targets, max_drop=max_drop, latency=tune_latency(recipe),
+                  host=targets.get("host") or detect_host(), task=get_task(recipe.task))
+    from toolkit.tune.trial import export_onnx
+
+    export_onnx(bench, "base")
+    bench.base_quality = validation_quality(bench, "base")
+    bench.base_value = bench.base_quality.metrics.get(bench.task.main_metric.name)
+    search = _Search(bench, space, next(iter(targets)), deadline)
+    search.run({"student": sp.NONE, "prune": sp.NONE, "quant": sp.NONE}, [])
+    for quant in space.quants:  # the cheap phase: seconds each
+        if search.left() <= 0:
+            break
+        search.run({"student": sp.NONE, "prune": sp.NONE, "quant": quant}, sp.chain_tables(space, sp.NONE, sp.NONE, quant))
+    if search.left() > 0:
+        _optuna_phase(search)
+    else:
+        emit.log("the budget was spent before any training trial: widen --budget to search students and pruning",
+                 "warning")
+    summary = write_results(search, started)
+    emit("done", trials=len(search.trials), ran=len(search.ran), reused=len(search.reused & set(search.trials)),
+         winners={t: w.get("trial") for t, w in summary["winners"].items()}, seconds=round(time.time() - started, 1))
+    return summary

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             targets[name] = load_target(name)
         except UserError as e:
-            raise UserError(f"--target {e}") from None
+            raise UserError(f"--target: {e}") from None
     recipe = resolve_recipe(args)
     check_trainable(recipe)
     run = RunDir(run_dir_for(args, recipe))

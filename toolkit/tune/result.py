@@ -114,12 +114,13 @@ def write_results(search: Any, started: float) -> dict[str, Any]:
                        "within_budget": r["within_budget"], **r["latency"][tname],
                        "size_bytes": r.get("size_bytes"), "seconds": r.get("seconds"), "chain": r["chain"]}
                       for r in front]})
-        ok = sorted((r for r in points if r["within_budget"] and r["key"] != "base"),
-                    key=lambda r: -r["latency"][tname]["speedup"])
+        # a winner must beat the base on this target: shipping a slower variant is never the recommendation
+        ok = sorted((r for r in points if r["within_budget"] and r["key"] != "base"
+                     and r["latency"][tname]["speedup"] > 1.0), key=lambda r: -r["latency"][tname]["speedup"])
         winner, tried = _confirm(bench, ok, tname, cache)
         entry: dict[str, Any] = {"confirmations": tried}
         if winner is None:
-            entry["why"] = ("no trial within the budget on validation" if not ok else
+            entry["why"] = ("no trial within the budget on validation is faster than the base" if not ok else
                             f"none of the {len(tried)} fastest trials within the budget on validation stayed within "
                             f"it on the eval split")
             (out / f"best-{tname}.toml").unlink(missing_ok=True)

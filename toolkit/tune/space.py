@@ -75,12 +75,14 @@ def search_space(recipe: Recipe, targets: dict[str, Any], max_drop: float) -> Sp
     for keep in sorted({max(1, n // 2), max(1, (2 * n) // 3), max(1, n - 1)}):
         if keep < n:
             idx = sorted({round(i * (n - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [n - 1]
-            candidates[f"layers{len(idx)}of{n}"] = {"method": "distill", "layers": idx}
+            # alpha 0.9: mostly the teacher's soft targets, what a shallower student needed in the compression
+            # benchmark's hand-tuned chain
+            candidates[f"layers{len(idx)}of{n}"] = {"method": "distill", "layers": idx, "alpha": 0.9}
     widths = getattr(adapter, "default_student_widths", None)
     if widths is not None:
         half = list(widths(model))
-        candidates["widths-1/2"] = {"method": "distill", "widths": half}
-        candidates["widths-3/4"] = {"method": "distill", "widths": [max(1, (w * 3) // 2) for w in half]}
+        candidates["widths-1/2"] = {"method": "distill", "widths": half, "alpha": 0.9}
+        candidates["widths-3/4"] = {"method": "distill", "widths": [max(1, (w * 3) // 2) for w in half], "alpha": 0.9}
     for label, table in candidates.items():
         why = _accepts(recipe, table, model, task, from_base=True)
         if why is None:

@@ -1,8 +1,9 @@
 """What ``toolkit tune`` leaves: per target the Pareto front, the winner confirmed on the eval split, and the winner's
 chain as a recipe; ``tune/report.json`` / ``report.md`` say what ran, what each trial cost and why the winner won.
 
-The front of a target is over the trials whose quantization is in that target's INT8 format (or none / FP16): a
-graph quantized for AVX2's U8S8 is not what an ARM board would run. Its axes are validation quality and the
+The front of a target whose latency is estimated is over the trials whose quantization is in that target's INT8
+format (or none / FP16): a graph quantized for AVX2's U8S8 is not what an ARM board would run. Where it is
+measured (the host), every trial counts. Its axes are validation quality and the
 speed-up over the base on that target (a ratio measured in one interleaved timing on the host, or two estimates of
 the same profile), so trials timed minutes apart under different load stay comparable.
 """
@@ -20,8 +21,12 @@ CONFIRM_TRIES = 3
 FRIENDLY = {"distill": "student", "prune": "pruned", "quantize": "quantized", "fp16": "fp16"}
 
 
-def _fits(record: dict[str, Any], target: Any, targets: dict[str, Any]) -> bool:
-    """Whether the trial's quantization (if any) is in ``target``'s INT8 format."""
+def _fits(record: dict[str, Any], target: Any, targets: dict[str, Any], measured: bool) -> bool:
+    """Whether the trial counts for ``target``: any graph measured there does (its speed and its validation quality
+    are what they are); an estimate counts only for a graph in the target's INT8 format (the estimate does not
+    know which kernels a format gets on the device)."""
+    if measured:
+        return True
     for table in record.get("chain", []):
         if table.get("method") == "quantize" and table.get("scheme", "").startswith("int8"):
             made_for = targets.get(table.get("target"))
@@ -103,7 +108,8 @@ def write_results(search: Any, started: float) -> dict[str, Any]:
     winners: dict[str, Any] = {}
     fronts: dict[str, list[str]] = {}
     for tname, target in bench.targets.items():
-        points = [r for r in done if tname in r.get("latency", {}) and _fits(r, target, bench.targets)]
+        points = [r for r in done if tname in r.get("latency", {})
+                  and _fits(r, target, bench.targets, r["latency"][tname]["source"] == "measured")]
         front = pareto(points, tname, higher)
         fronts[tname] = [r["key"] for r in front]
         atomic_write_json(out / f"front-{tname}.json", {
@@ -144,8 +150,8 @@ def write_results(search: Any, started: float) -> dict[str, Any]:
         "trials_total": len(search.trials), "trials_run": len(search.ran),
         "trials_reused": len(search.reused & set(search.trials)), "trials_failed": search.failed,
         "space": search.space.to_dict(), "fronts": fronts, "winners": winners,
-        "trials": [{k: r.get(k) for k in ("key", "params", "status", "variant", "seconds", "cost", "validation",
-                                          "within_budget", "latency", "size_bytes", "why")}
+        "trials": [{k: r.get(k) for k in ("key", "params", "length", "status", "variant", "seconds", "cost",
+                                          "validation", "within_budget", "latency", "size_bytes", "why")}
                    for r in search.trials.values()],
     }
     atomic_write_json(out / "report.json", summary)
@@ -161,14 +167,16 @@ def _markdown(s: dict[str, Any]) -> str:
     for t, w in s["winners"].items():
         lines.append(f"- **{t}**: " + (f"`{w['trial']}` {w['params']} — {w['why']}" if w.get("trial")
                                        else f"no winner: {w['why']}"))
-    lines += ["", "| trial | student | prune | quant | status | drop (val) | " + " | ".join(
-        f"speed-up {t}" for t in s["targets"]) + " | seconds |", "|---" * (7 + len(s["targets"])) + "|"]
+    lines += ["", "| trial | student | prune | quant | fine-tunes | status | drop (val) | " + " | ".join(
+        f"speed-up {t}" for t in s["targets"]) + " | seconds |", "|---" * (8 + len(s["targets"])) + "|"]
     for r in s["trials"]:
         p = r.get("params") or {}
         lat = r.get("latency") or {}
         drop = (r.get("validation") or {}).get("drop")
+        trains = p.get("student", "none") != "none" or p.get("prune", "none") != "none"
+        length = r.get("length") or 1.0
         lines.append(f"| {r['key']} | {p.get('student', '')} | {p.get('prune', '')} | {p.get('quant', '')} | "
-                     f"{r['status']} | {'' if drop is None else f'{drop:+.4f}'} | "
+                     f"{('full' if length >= 1 else f'{length:.2g} of full') if trains else ''} | {r['status']} | {'' if drop is None else f'{drop:+.4f}'} | "
                      + " | ".join(f"{lat[t]['speedup']:.2f}x" if t in lat else "" for t in s["targets"])
                      + f" | {r.get('seconds', '')} |")
     return "\n".join(lines) + "\n"

@@ -2,10 +2,15 @@
 
 1. The base is trained (or reused) and timed; it is trial ``base``.
 2. Cheap trials: every quantization of the base the space holds (seconds each).
-3. Training trials while budget is left: optuna's TPE sampler (ask/tell, so the wall-clock budget is checked between
-   trials) picks a student, a pruning level and a quantization; its ``constraints_func`` marks trials over the
-   quality budget infeasible, so it learns to avoid them. A chain whose trained model is already over the budget is
-   told PRUNED before its quantization and timing (quantization does not give quality back).
+3. Training trials while budget is left, in brackets of successive halving: optuna's TPE sampler (ask/tell, so
+   the wall-clock budget is checked between trials) proposes ETA chains (a student, a pruning level, a
+   quantization); each runs with its fine-tunes cut to 1/ETA of their length, to the end (quantized, exported,
+   timed); the most promising one (within the quality budget and fastest, else nearest the budget) is then run at
+   full length, the others are told PRUNED. The quality budget is a constraint (``trial.set_constraint``), so the
+   sampler learns to avoid chains over it. A full-length chain whose trained model is already over the budget
+   stops before its quantization and timing (quantization does not give quality back). The longer run trains
+   from the start: the fine-tunes' schedules depend on their length, so a short run's checkpoint is not the
+   long run's midpoint.
 4. Finished trials are read back from ``tune/trials/`` first: a rerun repeats none of them, and they are added to
    the study so the sampler starts from what is known.
 Then :mod:`toolkit.tune.result` writes the fronts, confirms winners on the eval split and writes the recipes.
@@ -27,6 +32,8 @@ from toolkit.tune.trial import Bench, failed_record, load_all, run_trial, valida
 
 STAGE = "tune"
 MAX_REPEATS = 25
+ETA = 3
+"""successive halving: chains per bracket, and the fraction (1/ETA) of their fine-tunes the first rung trains"""
 """consecutive proposals of already-finished chains after which the training space counts as exhausted"""
 
 
@@ -103,6 +110,9 @@ class _Search:
         combos = (len(space.students) + 1) * (len(space.prunes) + 1) * (len(space.quants) + 1)
         self.total = combos
 
+    def failed_keys(self) -> set[str]:
+        return {f["key"] for f in self.failed}
+
     def left(self) -> float:
         return self.deadline - time.time()
 
@@ -116,8 +126,12 @@ class _Search:
                 out[target] = {"trial": top["key"], "speedup": top["latency"][target]["speedup"]}
         return out
 
-    def run(self, params: dict[str, str], tables: list[dict[str, Any]], optuna_trial: Any = None) -> dict | None:
-        """Run one chain unless it is known; returns its record (None when it failed)."""
+    def run(self, params: dict[str, str], tables: list[dict[str, Any]], length: float = 1.0) -> dict | None:
+        """Run one chain unless it is known; returns its record (None when it failed).
+
+        A full-length chain whose trained model is over the quality budget stops before quantization (which does
+        not give quality back); a shortened one (``length`` < 1, the first rung) always runs to the end: its
+        quality is a lower bound, and its speed is the full chain's (same structure)."""
         emit = self.bench.emit
         key = sp.chain_key(tables)
         if key in self.trials:
@@ -125,18 +139,17 @@ class _Search:
                 self.announced.add(key)
                 emit("skip", trial=key, reason="finished in an earlier tune", params=params)
             return self.trials[key]
-        if key in {f["key"] for f in self.failed}:
+        if key in self.failed_keys():
             return None  # failed once in this tune: not again (a rerun of tune retries it)
 
         def should_stop(excess: float) -> bool:
-            if optuna_trial is not None:
-                optuna_trial.report(excess, 0)
-            return excess > 0
+            return excess > 0 and length >= 1.0
 
-        emit.log(f"trial {key}: " + " → ".join(f"{k}={v}" for k, v in params.items() if v != sp.NONE) or "base")
+        shown = " → ".join(f"{k}={v}" for k, v in params.items() if v != sp.NONE) or "base"
+        emit.log(f"trial {key}: {shown}" + (f" (fine-tunes at {length:.2g} of their length)" if length < 1 else ""))
         t0 = time.time()
         try:
-            record = run_trial(self.bench, key, params, tables, should_stop)
+            record = run_trial(self.bench, key, params, tables, should_stop, length)
         except UserError as e:
             record = failed_record(key, params, tables, e, time.time() - t0)
             emit.log(f"trial {key} failed: {record['why']}", "warning")
@@ -157,6 +170,30 @@ def _objective(record: dict[str, Any], primary: str) -> float | None:
     """What the sampler minimises: the trial's latency on the primary target relative to the base."""
     entry = record.get("latency", {}).get(primary)
     return 1.0 / entry["speedup"] if entry else None
+
+
+def _excess(record: dict[str, Any], max_drop: float) -> float:
+    """How far the trial is over the quality budget (<= 0: within), from its final or its trained model."""
+    return (record.get("validation") or record.get("trained") or {}).get("drop", math.inf) - max_drop
+
+
+def _speedup(record: dict[str, Any], primary: str) -> float:
+    return record.get("latency", {}).get(primary, {}).get("speedup", 0.0)
+
+
+def _tell(study: Any, trial: Any, record: dict[str, Any] | None, search: "_Search") -> None:
+    """Report a finished (or failed, or stopped) trial to optuna, with the quality budget as its constraint."""
+    from optuna.trial import TrialState
+
+    if record is None:
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    trial.set_constraint("quality", _finite(_excess(record, search.bench.max_drop)))
+    value = _objective(record, search.primary)
+    if record["status"] == "pruned" or value is None:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, value)
 
 
 def _finite(excess: float) -> float:
@@ -185,8 +222,8 @@ def _optuna_phase(search: _Search) -> None:
         if set(params) != set(dists) or any(params[k] not in dists[k].choices for k in dists):
             continue
         value = _objective(record, search.primary)
-        excess = (record.get("validation") or record.get("trained") or {}).get("drop", math.inf) - bench.max_drop
-        if record["status"] == "pruned" or value is None:
+        excess = _excess(record, bench.max_drop)
+        if record["status"] == "pruned" or value is None or record.get("length", 1.0) < 1.0:
             study.add_trial(create_trial(params=params, distributions=dists, state=TrialState.PRUNED,
                                          constraints={"quality": _finite(excess)}))
         else:
@@ -194,23 +231,43 @@ def _optuna_phase(search: _Search) -> None:
                                          constraints={"quality": _finite(excess)}))
     repeats = 0
     while search.left() > 0 and repeats < MAX_REPEATS:
-        trial = study.ask(dists)
-        params = {k: trial.params[k] for k in dists}
-        tables = sp.chain_tables(space, **params)
-        key = sp.chain_key(tables)
-        known = key in search.trials or key in {f["key"] for f in search.failed}
-        record = search.run(params, tables, trial)
-        repeats = repeats + 1 if known else 0
-        if record is None:
-            study.tell(trial, state=TrialState.FAIL)
+        # one bracket of successive halving: ETA chains at 1/ETA of their fine-tune length, the best continued
+        asked = [study.ask(dists) for _ in range(ETA)]
+        rung0: list[tuple[Any, dict[str, str], dict[str, Any] | None]] = []
+        for trial in asked:
+            params = {k: trial.params[k] for k in dists}
+            training = params["student"] != sp.NONE or params["prune"] != sp.NONE
+            length = 1.0 / ETA if training else 1.0  # a quantization of the base trains nothing: full at once
+            tables = sp.chain_tables(space, **params, length=length, train=bench.recipe.train)
+            known = sp.chain_key(tables) in search.trials or sp.chain_key(tables) in search.failed_keys()
+            repeats = repeats + 1 if known else 0
+            if search.left() <= 0 and not known:
+                study.tell(trial, state=TrialState.FAIL)  # asked, never run: the budget is spent
+                continue
+            record = search.run(params, tables, length=length)
+            if not training:
+                _tell(study, trial, record, search)
+            else:
+                rung0.append((trial, params, record))
+        finished = [(t, p, r) for t, p, r in rung0 if r is not None and r.get("status") == "done"]
+        for t, p, r in rung0:
+            if r is None:
+                study.tell(t, state=TrialState.FAIL)
+        if not finished:
             continue
-        excess = (record.get("validation") or record.get("trained") or {}).get("drop", math.inf) - bench.max_drop
-        trial.set_constraint("quality", _finite(excess))
-        value = _objective(record, search.primary)
-        if record["status"] == "pruned" or value is None:
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            study.tell(trial, value)
+        # promote the one most likely to win: within budget and fastest, else the nearest to the budget
+        finished.sort(key=lambda x: (not x[2]["within_budget"], -_speedup(x[2], search.primary)
+                                     if x[2]["within_budget"] else _excess(x[2], bench.max_drop)))
+        for t, _, r in finished[1:]:
+            t.report(_objective(r, search.primary) or 1.0, 0)
+            t.set_constraint("quality", _finite(_excess(r, bench.max_drop)))
+            study.tell(t, state=TrialState.PRUNED)
+        top, params, _ = finished[0]
+        if search.left() <= 0:
+            study.tell(top, state=TrialState.PRUNED)
+            break
+        record = search.run(params, sp.chain_tables(space, **params))
+        _tell(study, top, record, search)
     if repeats >= MAX_REPEATS:
         bench.emit.log(f"the sampler proposed only finished chains {MAX_REPEATS} times in a row: the space is "
                        f"searched out")

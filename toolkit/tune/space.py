@@ -16,6 +16,8 @@ from toolkit.errors import UserError
 SPARSITIES = (0.2, 0.35, 0.5)
 """structured pruning levels tried (fraction of heads / FFN neurons / channels removed)"""
 NONE = "none"
+TRAINING = ("distill", "prune")
+"""methods whose steps fine-tune (their length is what successive halving shortens)"""
 
 
 @dataclass
@@ -125,10 +127,19 @@ def search_space(recipe: Recipe, targets: dict[str, Any], max_drop: float) -> Sp
     return space
 
 
-def chain_tables(space: Space, student: str, prune: str, quant: str) -> list[dict[str, Any]]:
+def chain_tables(space: Space, student: str, prune: str, quant: str, length: float = 1.0,
+                 train: Any = None) -> list[dict[str, Any]]:
     """The [[compress]] tables of one chain, each named by a hash of the chain up to it (so two chains that share
-    a prefix share its variants, and a rerun finds them), the first from ``base``."""
+    a prefix share its variants, and a rerun finds them), the first from ``base``.
+
+    ``length`` < 1 shortens every fine-tune of the chain to that fraction of ``train``'s (the [train] section's)
+    epochs or steps: the first rung of successive halving. The length is part of the tables, hence of the hash.
+    """
     picked = [t for t in (space.students.get(student), space.prunes.get(prune), space.quants.get(quant)) if t]
+    if length < 1.0 and train is not None:
+        picked = [({**t, **({"max_steps": max(1, round(train.max_steps * length))} if train.max_steps > 0
+                            else {"epochs": round(train.epochs * length, 4)})}
+                   if t["method"] in TRAINING else t) for t in picked]
     tables: list[dict[str, Any]] = []
     parent = "base"
     for i, table in enumerate(picked):
@@ -145,4 +156,4 @@ def chain_key(tables: list[dict[str, Any]]) -> str:
 
 
 def needs_training(tables: list[dict[str, Any]]) -> bool:
-    return any(t["method"] in ("distill", "prune") for t in tables)
+    return any(t["method"] in TRAINING for t in tables)

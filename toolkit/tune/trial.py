@@ -22,6 +22,7 @@ from toolkit.config import Recipe
 from toolkit.errors import UserError, first_line
 from toolkit.events import StageEmitter
 from toolkit.rundir import RunDir, atomic_write_json
+from toolkit.tune.space import TRAINING
 
 TRIAL_SCHEMA = 1
 
@@ -159,18 +160,19 @@ def measure(bench: Bench, name: str, quality: Any) -> dict[str, dict[str, Any]]:
 
 
 def run_trial(bench: Bench, key: str, params: dict[str, str], tables: list[dict[str, Any]],
-              should_stop: Callable[[float], bool] = lambda excess: False) -> dict[str, Any]:
+              should_stop: Callable[[float], bool] = lambda excess: False, length: float = 1.0) -> dict[str, Any]:
     """Run (or finish) the trial ``key`` and write its record; returns it.
 
     ``should_stop(excess)`` is asked once the chain's training steps are done, with how far the trained model is
-    over the quality budget (<= 0: within): True stops the trial there (the record says ``pruned``).
+    over the quality budget (<= 0: within): True stops the trial there (the record says ``pruned``). ``length``:
+    the fraction of the full fine-tunes the chain's tables were shortened to (recorded).
     """
     t0 = time.time()
     cost: dict[str, float] = {}
     name = tables[-1]["name"] if tables else "base"
     record: dict[str, Any] = {"schema_version": TRIAL_SCHEMA, "key": key, "params": params, "chain": tables,
-                              "variant": name, "status": "done"}
-    training = [t for t in tables if t["method"] in ("distill", "prune")]
+                              "variant": name, "status": "done", "length": length}
+    training = [t for t in tables if t["method"] in TRAINING]
     if training:
         t = time.time()
         compress(bench, tables[: len(training)])

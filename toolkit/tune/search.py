@@ -325,6 +325,14 @@ def run_tune(recipe: Recipe, run: RunDir, emitter: Emitter, targets: dict[str, A
         emit.log("the budget was spent before any training trial: widen --budget to search students and pruning",
                  "warning")
     summary = write_results(search, started)
+    for target, keys in summary["fronts"].items():  # the front at the end, for every front end's log
+        by_key = {t["key"]: t for t in summary["trials"]}
+        emit.log(f"front {target}: " + ", ".join(
+            f"{k} {by_key[k]['latency'][target]['speedup']:.2f}x (drop {by_key[k]['validation']['drop']:+.4f})"
+            for k in keys))
+        win = summary["winners"][target]
+        emit.log(f"winner {target}: {win['trial']}: {win['why']}" if win.get("trial") else
+                 f"no winner for {target}: {win['why']}", "info" if win.get("trial") else "warning")
     emit("done", trials=len(search.trials), ran=len(search.ran), reused=len(search.reused & set(search.trials)),
          winners={t: w.get("trial") for t, w in summary["winners"].items()}, seconds=round(time.time() - started, 1))
     return summary

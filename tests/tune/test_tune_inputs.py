@@ -42,7 +42,8 @@ def test_space_follows_the_model_and_the_targets():
     recipe = load_recipe(FIXTURES / "digits.toml")
     space = search_space(recipe, {"host": load_target("host"), "raspberry-pi-5": load_target("raspberry-pi-5")}, 0.01)
     # the CNN's students are narrower CNNs: the transformer's layer lists are refused by the step itself
-    assert set(space.students) == {"widths-1/2", "widths-3/4"}
+    assert set(space.students) == {"widths-1/2", "widths-3/4", "widths-1/2-x3", "widths-3/4-x3"}
+    assert space.students["widths-1/2-x3"]["epochs"] == 3 * recipe.train.epochs  # trained three times as long
     assert any("layers" in n and "widths" in n for n in space.notes)
     assert space.prunes  # structured levels the convnet adapter can remove
     # INT8 in both formats (the host's and the Pi's S8S8 QDQ), FP16 because the Pi 5 computes in it,
@@ -63,6 +64,13 @@ def test_chains_share_prefixes_and_hash_their_settings():
     assert a[1]["name"] != b[1]["name"] and a[1]["from"] == a[0]["name"]
     assert chain_key(a) != chain_key(b) and chain_key(a) == chain_key(chain_tables(space, "widths-1/2", "structured-0.2", quant))
     assert chain_tables(space, "none", "none", "none") == [] and chain_key([]) == "base"
+    # the first rung of successive halving: every fine-tune at a third of its length, a chain of its own
+    short = chain_tables(space, "widths-1/2-x3", "structured-0.2", quant, length=1 / 3, train=recipe.train)
+    full = chain_tables(space, "widths-1/2-x3", "structured-0.2", quant)
+    assert short[0]["epochs"] == pytest.approx(recipe.train.epochs)  # 3x the [train] epochs, cut to a third
+    assert short[1]["epochs"] == pytest.approx(recipe.train.epochs / 3, abs=1e-3) and "epochs" not in full[1]
+    assert short[2] == {**full[2], "name": short[2]["name"], "from": short[1]["name"]}  # quantization: no training
+    assert chain_key(short) != chain_key(full)
 
 
 def test_pareto_keeps_only_undominated_points():

@@ -5,8 +5,8 @@
 3. Training trials while budget is left, in brackets of successive halving: optuna's TPE sampler (ask/tell, so
    the wall-clock budget is checked between trials) proposes ETA chains (a student, a pruning level, a
    quantization); each runs with its fine-tunes cut to 1/ETA of their length, to the end (quantized, exported,
-   timed); the most promising one (within the quality budget and fastest, else nearest the budget) is then run at
-   full length, the others are told PRUNED. The quality budget is a constraint (``trial.set_constraint``), so the
+   timed); the most promising one (faster than the best so far, and then within the quality budget and fastest,
+   else nearest the budget) is then run at full length, the others are told PRUNED. The quality budget is a constraint (``trial.set_constraint``), so the
    sampler learns to avoid chains over it. A full-length chain whose trained model is already over the budget
    stops before its quantization and timing (quantization does not give quality back). The longer run trains
    from the start: the fine-tunes' schedules depend on their length, so a short run's checkpoint is not the
@@ -253,11 +253,18 @@ def _optuna_phase(search: _Search) -> None:
         for t, p, r in rung0:
             if r is None:
                 study.tell(t, state=TrialState.FAIL)
-        if not finished:
+        # promote the one most likely to win: only a chain faster than the best so far can (the speed of the full
+        # chain is the short one's: same structure); of those, within budget and fastest, else nearest the budget
+        best = search.best().get(search.primary, {}).get("speedup", 1.0)
+        finished.sort(key=lambda x: (_speedup(x[2], search.primary) <= best, not x[2]["within_budget"],
+                                     -_speedup(x[2], search.primary) if x[2]["within_budget"]
+                                     else _excess(x[2], bench.max_drop)))
+        if not finished or _speedup(finished[0][2], search.primary) <= best:
+            for t, _, r in finished:
+                t.report(_objective(r, search.primary) or 1.0, 0)
+                t.set_constraint("quality", _finite(_excess(r, bench.max_drop)))
+                study.tell(t, state=TrialState.PRUNED)
             continue
-        # promote the one most likely to win: within budget and fastest, else the nearest to the budget
-        finished.sort(key=lambda x: (not x[2]["within_budget"], -_speedup(x[2], search.primary)
-                                     if x[2]["within_budget"] else _excess(x[2], bench.max_drop)))
         for t, _, r in finished[1:]:
             t.report(_objective(r, search.primary) or 1.0, 0)
             t.set_constraint("quality", _finite(_excess(r, bench.max_drop)))

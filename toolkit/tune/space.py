@@ -74,9 +74,12 @@ def search_space(recipe: Recipe, targets: dict[str, Any], max_drop: float) -> Sp
     adapter = adapter_for(model)
     candidates: dict[str, dict[str, Any]] = {}
     n = adapter.layer_count(model)
-    for keep in sorted({max(1, n // 2), max(1, (2 * n) // 3), max(1, n - 1)}):
+    for keep in sorted({max(1, (n + 1) // 2), max(1, (2 * n) // 3), max(1, n - 1)}):
         if keep < n:
-            idx = sorted({round(i * (n - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [n - 1]
+            # every other layer for the half-depth student (the method's default, the benchmark's 6 -> [0, 2, 4]);
+            # else evenly spaced, first and last kept
+            idx = (list(range(0, n, 2)) if keep == (n + 1) // 2 else
+                   sorted({round(i * (n - 1) / max(1, keep - 1)) for i in range(keep)}) if keep > 1 else [n - 1])
             # alpha 0.9: mostly the teacher's soft targets, what a shallower student needed in the compression
             # benchmark's hand-tuned chain
             candidates[f"layers{len(idx)}of{n}"] = {"method": "distill", "layers": idx, "alpha": 0.9}
@@ -89,10 +92,14 @@ def search_space(recipe: Recipe, targets: dict[str, Any], max_drop: float) -> Sp
         why = _accepts(recipe, table, model, task, from_base=True)
         if why is None:
             space.students[label] = table
+            # the same student trained three times as long: a shallower student needs more than the base's
+            # training (the benchmark's half-depth MiniLM: 3 passes), and the sampler finds out whether it pays
+            space.students[f"{label}-x3"] = {**table, **_scaled(recipe.train, 3.0)}
         else:
             space.notes.append(f"student {label}: {why}")
     for s in SPARSITIES:
-        table = {"method": "prune", "kind": "structured", "sparsity": s}
+        # |w * grad| ranks units by what removing them costs the loss (the benchmark's chain used it)
+        table = {"method": "prune", "kind": "structured", "sparsity": s, "importance": "taylor"}
         why = _accepts(recipe, table, model, task, from_base=True)
         if why is None:
             space.prunes[f"structured-{s:g}"] = table
@@ -137,9 +144,7 @@ def chain_tables(space: Space, student: str, prune: str, quant: str, length: flo
     """
     picked = [t for t in (space.students.get(student), space.prunes.get(prune), space.quants.get(quant)) if t]
     if length < 1.0 and train is not None:
-        picked = [({**t, **({"max_steps": max(1, round(train.max_steps * length))} if train.max_steps > 0
-                            else {"epochs": round(train.epochs * length, 4)})}
-                   if t["method"] in TRAINING else t) for t in picked]
+        picked = [({**t, **_scaled(train, length, t)} if t["method"] in TRAINING else t) for t in picked]
     tables: list[dict[str, Any]] = []
     parent = "base"
     for i, table in enumerate(picked):
@@ -148,6 +153,14 @@ def chain_tables(space: Space, student: str, prune: str, quant: str, length: flo
         tables.append({**table, "name": name, "from": parent})
         parent = name
     return tables
+
+
+def _scaled(train: Any, factor: float, table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A fine-tune's length (the table's own, else [train]'s steps or epochs) times ``factor``, as step keys."""
+    table = table or {}
+    if table.get("max_steps") or (not table.get("epochs") and train.max_steps > 0):
+        return {"max_steps": max(1, round((table.get("max_steps") or train.max_steps) * factor))}
+    return {"epochs": round((table.get("epochs") or train.epochs) * factor, 4)}
 
 
 def chain_key(tables: list[dict[str, Any]]) -> str:

@@ -88,3 +88,19 @@ def test_untrained_recipe_is_refused_by_the_library_too():
 
     with pytest.raises(UserError, match="train.enabled = false"):
         check_trainable(load_recipe(FIXTURES / "untrained.toml"))
+
+
+def test_no_stage_imports_tune():
+    """tune sits above the stages (ARCHITECTURE.md): it calls their libraries, none of them calls it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "toolkit"
+    stages = [*root.glob("train/**/*.py"), *root.glob("compress/**/*.py"), *root.glob("export/**/*.py"),
+              *root.glob("eval/**/*.py"), root / "report.py", root / "session.py"]
+    bad = []
+    for path in stages:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("toolkit.tune")]
+    assert not bad, bad

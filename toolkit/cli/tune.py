@@ -6,6 +6,7 @@ Rerunning the same command (after Ctrl-C, or with a wider ``--budget``) reuses e
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from toolkit.cli.common import add_recipe_arguments, resolve_recipe, run_dir_for
 
@@ -14,6 +15,11 @@ HELP = "search compression chains per target device within a time budget; writes
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p, force=False)
+    for action in p._actions:  # the shared arguments' help, as tune uses them
+        if action.dest == "recipe":
+            action.help = "recipe TOML file: its data, model and [train] make the base; its [[compress]] is ignored"
+        elif action.dest == "out":
+            action.help = "run directory (default: runs/<recipe name>-tune)"
     p.add_argument("--target", dest="targets", action="append", default=[], metavar="NAME", required=True,
                    help="device profile to tune for (repeatable; the first one steers the search)")
     p.add_argument("--max-drop", type=float, default=0.01,
@@ -42,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--target: {e}") from None
     recipe = resolve_recipe(args)
     check_trainable(recipe)
-    run = RunDir(run_dir_for(args, recipe))
+    # its own run directory by default: the trials' many variants in the recipe's session directory would all be
+    # exported and evaluated by the next `toolkit run` there
+    run = RunDir(run_dir_for(args, recipe) if args.out else Path("runs") / f"{recipe.name}-tune")
     with RunLock(run, "tune"), ConsoleDisplay(args.quiet) as display:
         prepare_run_dir(recipe, run, force=False)
         emitter = Emitter(run.events, recipe.name, [display])

@@ -128,3 +128,20 @@ def test_interrupted_tune_resumes_without_repeating_finished_trials(tuned, tmp_p
     assert not ran_again
     skipped = {e["trial"] for e in new_events if e["stage"] == "tune" and e["kind"] == "skip"}
     assert skipped <= {n[:-5] for n in done}
+
+
+def test_toolkit_run_reproduces_the_winner(tuned, tmp_path):
+    """`toolkit run tune/best-host.toml` makes the winner's chain again, and its last variant is within the budget
+    on the eval split and faster than its own base (a fresh training: its numbers, not tune's, are checked)."""
+    run, _, _ = tuned
+    out = tmp_path / "reproduced"
+    code = main(["run", str(run / "tune" / "best-host.toml"), "--out", str(out), "--quiet",
+                 "--set", "export.formats=[\"onnx\"]", "--set", "eval.latency.runs=40"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    variants = {v["name"]: v for v in report["variants"]}
+    last = report["variants"][-1]
+    assert last["parent"] is not None and len(variants) >= 2
+    base = variants["base"]
+    assert base["metrics"]["accuracy"] - last["metrics"]["accuracy"] <= MAX_DROP
+    assert last["latency"]["host"]["p50_ms"] < base["latency"]["host"]["p50_ms"]

@@ -145,3 +145,21 @@ def test_toolkit_run_reproduces_the_winner(tuned, tmp_path):
     base = variants["base"]
     assert base["metrics"]["accuracy"] - last["metrics"]["accuracy"] <= MAX_DROP
     assert last["latency"]["host"]["p50_ms"] < base["latency"]["host"]["p50_ms"]
+
+
+def test_a_wider_tune_reuses_the_trials_for_a_new_target_and_budget(tuned, tmp_path):
+    """Another target and a tighter --max-drop: nothing is trained again; the finished trials are timed (estimated)
+    on the new target and judged by the new budget."""
+    run, _, _ = tuned
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = {p.name: p.stat().st_mtime_ns for p in (copy / "variants").glob("*/variant.json")}
+    code = main(["tune", str(RECIPE), "--target", "host", "--target", "android-arm64", "--budget", "1s",
+                 "--max-drop", "0.0", "--out", str(copy), "--quiet"])
+    assert code == 0
+    report = _report(copy)
+    assert report["trials_run"] == 0 and report["trials_reused"] == report["trials_total"]
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "variants").glob("*/variant.json")} == before
+    done = [t for t in report["trials"] if t["status"] == "done"]
+    assert all(t["latency"]["android-arm64"]["source"] == "estimated" for t in done)
+    assert all(t["within_budget"] == (t["validation"]["drop"] <= 0.0) for t in done)

@@ -28,7 +28,7 @@ from toolkit.errors import UserError
 from toolkit.events import Emitter
 from toolkit.rundir import RunDir
 from toolkit.tune import space as sp
-from toolkit.tune.trial import Bench, failed_record, load_all, run_trial, validation_quality
+from toolkit.tune.trial import Bench, complete_latency, failed_record, load_all, run_trial, validation_quality
 
 STAGE = "tune"
 MAX_REPEATS = 25
@@ -321,6 +321,8 @@ def run_tune(recipe: Recipe, run: RunDir, emitter: Emitter, targets: dict[str, A
     bench.base_quality = validation_quality(bench, "base")
     bench.base_value = bench.base_quality.metrics.get(bench.task.main_metric.name)
     search = _Search(bench, space, next(iter(targets)), deadline)
+    for key in list(search.trials):  # trials of an earlier tune with fewer targets: timed on the new ones too
+        search.trials[key] = complete_latency(bench, search.trials[key])
     search.run({"student": sp.NONE, "prune": sp.NONE, "quant": sp.NONE}, [])
     for quant in space.quants:  # the cheap phase: seconds each
         if search.left() <= 0:

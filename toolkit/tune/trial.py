@@ -67,6 +67,21 @@ def load_trial(bench: Bench, key: str) -> dict[str, Any] | None:
     variant = record.get("variant")
     if variant and not (bench.run.variant(variant) / "variant.json").is_file():
         return None  # its variant was removed since: the record describes nothing on disk
+    if record.get("validation"):  # this tune's --max-drop decides, not the one the trial ran under
+        record["within_budget"] = record["validation"]["drop"] <= bench.max_drop + 1e-12
+    return record
+
+
+def complete_latency(bench: Bench, record: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial reused by a tune with more targets: its latency on the targets it lacks (the host is timed
+    again with the base, as the trial was; an estimate costs little)."""
+    missing = [t for t in bench.targets if t not in record.get("latency", {})]
+    if not missing or record.get("status") != "done":
+        return record
+    # the base's encoding: the timed inputs are the same texts/images, and a chain keeps its base's preprocessing
+    latency = measure(bench, record["variant"], bench.base_quality)
+    record["latency"] = {**record.get("latency", {}), **{t: latency[t] for t in missing if t in latency}}
+    _save(bench, record["key"], record)
     return record
 
 

@@ -5,8 +5,10 @@
 3. Training trials while budget is left, in brackets of successive halving: optuna's TPE sampler (ask/tell, so
    the wall-clock budget is checked between trials) proposes ETA chains (a student, a pruning level, a
    quantization); each runs with its fine-tunes cut to 1/ETA of their length, to the end (quantized, exported,
-   timed); the most promising one (faster than the best so far, and then within the quality budget and fastest,
-   else nearest the budget) is then run at full length, the others are told PRUNED. The quality budget is a constraint (``trial.set_constraint``), so the
+   timed); the one whose full run can change the outcome — over the quality budget but faster than the best
+   trial within it, the nearest the budget first — is then run at full length (its speed is the short one's;
+   more training may bring it within the budget), the others are told PRUNED. A trial whose expected cost (the
+   median of its kind so far) exceeds the budget left is not started. The quality budget is a constraint (``trial.set_constraint``), so the
    sampler learns to avoid chains over it. A full-length chain whose trained model is already over the budget
    stops before its quantization and timing (quantization does not give quality back). The longer run trains
    from the start: the fine-tunes' schedules depend on their length, so a short run's checkpoint is not the
@@ -196,6 +198,15 @@ def _tell(study: Any, trial: Any, record: dict[str, Any] | None, search: "_Searc
         study.tell(trial, value)
 
 
+def _expected_s(search: "_Search", length: float) -> float:
+    """The median cost of the finished training trials of this fine-tune length (0 when none finished yet)."""
+    import statistics
+
+    costs = [r["seconds"] for r in search.trials.values() if r.get("status") == "done" and r.get("seconds")
+             and abs(r.get("length", 1.0) - length) < 1e-6 and sp.needs_training(r.get("chain", []))]
+    return float(statistics.median(costs)) if costs else 0.0
+
+
 def _finite(excess: float) -> float:
     return excess if math.isfinite(excess) else 1.0  # optuna refuses inf/NaN constraints; 1.0 = far over budget
 
@@ -241,8 +252,13 @@ def _optuna_phase(search: _Search) -> None:
             tables = sp.chain_tables(space, **params, length=length, train=bench.recipe.train)
             known = sp.chain_key(tables) in search.trials or sp.chain_key(tables) in search.failed_keys()
             repeats = repeats + 1 if known else 0
-            if search.left() <= 0 and not known:
+            expected = _expected_s(search, length) if training else 0.0
+            if not known and (search.left() <= 0 or search.left() < expected):
                 study.tell(trial, state=TrialState.FAIL)  # asked, never run: the budget is spent
+                if search.left() > 0:
+                    bench.emit.log(f"a training trial takes about {expected:.0f} s; {search.left():.0f} s of the "
+                                   f"budget are left: no new one starts")
+                    search.deadline = time.time()  # what is left is too little for any training trial
                 continue
             record = search.run(params, tables, length=length)
             if not training:
@@ -253,26 +269,27 @@ def _optuna_phase(search: _Search) -> None:
         for t, p, r in rung0:
             if r is None:
                 study.tell(t, state=TrialState.FAIL)
-        # promote the one most likely to win: only a chain faster than the best so far can (the speed of the full
-        # chain is the short one's: same structure); of those, within budget and fastest, else nearest the budget
+        # Promote a short chain only where the full run can change the outcome: its speed is the short one's (same
+        # structure), so a chain already within the budget gains nothing by training longer, and one slower than
+        # the best within the budget cannot win. Left: over budget but faster than the best; the nearest the
+        # budget goes on at full length (more training may bring it within).
         best = search.best().get(search.primary, {}).get("speedup", 1.0)
-        finished.sort(key=lambda x: (_speedup(x[2], search.primary) <= best, not x[2]["within_budget"],
-                                     -_speedup(x[2], search.primary) if x[2]["within_budget"]
-                                     else _excess(x[2], bench.max_drop)))
-        if not finished or _speedup(finished[0][2], search.primary) <= best:
-            for t, _, r in finished:
+        promising = sorted((x for x in finished if not x[2]["within_budget"]
+                            and _speedup(x[2], search.primary) > best), key=lambda x: _excess(x[2], bench.max_drop))
+        top = promising[0] if promising else None
+        expected = _expected_s(search, 1.0) or (top[2].get("seconds", 0.0) * ETA if top else 0.0)
+        if top is not None and search.left() < expected:
+            bench.emit.log(f"trial {top[2]['key']} at full length would take about {expected:.0f} s; "
+                           f"{max(0.0, search.left()):.0f} s of the budget are left: not started")
+            top = None
+        for t, _, r in finished:
+            if top is None or t is not top[0]:
                 t.report(_objective(r, search.primary) or 1.0, 0)
                 t.set_constraint("quality", _finite(_excess(r, bench.max_drop)))
                 study.tell(t, state=TrialState.PRUNED)
+        if top is None:
             continue
-        for t, _, r in finished[1:]:
-            t.report(_objective(r, search.primary) or 1.0, 0)
-            t.set_constraint("quality", _finite(_excess(r, bench.max_drop)))
-            study.tell(t, state=TrialState.PRUNED)
-        top, params, _ = finished[0]
-        if search.left() <= 0:
-            study.tell(top, state=TrialState.PRUNED)
-            break
+        top, params, _ = top
         record = search.run(params, sp.chain_tables(space, **params))
         _tell(study, top, record, search)
     if repeats >= MAX_REPEATS:

@@ -104,3 +104,17 @@ def test_no_stage_imports_tune():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("toolkit.tune")]
     assert not bad, bad
+
+
+def test_successive_halving_promotes_only_a_chain_whose_full_run_can_win():
+    from toolkit.tune.search import promote
+
+    def short(drop, speedup):
+        return {"within_budget": drop <= 0.01, "validation": {"drop": drop},
+                "latency": {"host": {"speedup": speedup}}}
+
+    # within budget already: training longer cannot make it faster; slower than the best: cannot win
+    assert promote([short(0.0, 5.0), short(0.05, 1.5)], best=2.0, primary="host", max_drop=0.01) is None
+    # over budget and faster than the best: the nearest the budget goes on
+    assert promote([short(0.20, 6.0), short(0.03, 4.0), short(0.0, 3.0)], best=2.0, primary="host",
+                   max_drop=0.01) == 1

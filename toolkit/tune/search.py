@@ -198,6 +198,13 @@ def _tell(study: Any, trial: Any, record: dict[str, Any] | None, search: "_Searc
         study.tell(trial, value)
 
 
+def promote(records: list[dict[str, Any]], best: float, primary: str, max_drop: float) -> int | None:
+    """Which short chain of a bracket goes on at full length (its index), or None: the nearest the quality budget
+    of those over it but faster on ``primary`` than ``best``, the best speed-up within the budget so far."""
+    over = [i for i, r in enumerate(records) if not r["within_budget"] and _speedup(r, primary) > best]
+    return min(over, key=lambda i: _excess(records[i], max_drop)) if over else None
+
+
 def _expected_s(search: "_Search", length: float) -> float:
     """The median cost of the finished training trials of this fine-tune length (0 when none finished yet)."""
     import statistics
@@ -274,9 +281,8 @@ def _optuna_phase(search: _Search) -> None:
         # the best within the budget cannot win. Left: over budget but faster than the best; the nearest the
         # budget goes on at full length (more training may bring it within).
         best = search.best().get(search.primary, {}).get("speedup", 1.0)
-        promising = sorted((x for x in finished if not x[2]["within_budget"]
-                            and _speedup(x[2], search.primary) > best), key=lambda x: _excess(x[2], bench.max_drop))
-        top = promising[0] if promising else None
+        pick = promote([r for _, _, r in finished], best, search.primary, bench.max_drop)
+        top = finished[pick] if pick is not None else None
         expected = _expected_s(search, 1.0) or (top[2].get("seconds", 0.0) * ETA if top else 0.0)
         if top is not None and search.left() < expected:
             bench.emit.log(f"trial {top[2]['key']} at full length would take about {expected:.0f} s; "

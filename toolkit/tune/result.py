@@ -56,7 +56,7 @@ def _eval_drop(bench: Any, name: str, cache: dict[str, float | None]) -> float |
 
     if name not in cache:
         every = load_variants(bench.run.variants)
-        q = evaluate_variant(bench.recipe, every[name], every, bench.splits, log=bench.emit.log)
+        q = evaluate_variant(bench.quality_recipe(), every[name], every, bench.splits, log=bench.emit.log)
         cache[name] = q.metrics.get(bench.task.main_metric.name)
     return cache[name]
 

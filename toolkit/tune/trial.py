@@ -50,6 +50,10 @@ class Bench:
     def trials_dir(self) -> Path:
         return self.run.path / "tune" / "trials"
 
+    def quality_recipe(self) -> Recipe:
+        """The recipe as the search measures quality: the main metric only (no robustness passes)."""
+        return dataclasses.replace(self.recipe, eval=dataclasses.replace(self.recipe.eval, robustness=False))
+
     def validation_splits(self) -> Any:
         """The splits with the validation set in the eval slot: the evaluator measures what the search may see."""
         return dataclasses.replace(self.splits, eval=list(self.splits.validation))
@@ -106,7 +110,8 @@ def validation_quality(bench: Bench, name: str) -> Any:
     from toolkit.eval.evaluate import evaluate_variant
 
     every = _variants(bench.run)
-    return evaluate_variant(bench.recipe, every[name], every, bench.validation_splits(), log=bench.emit.log)
+    return evaluate_variant(bench.quality_recipe(), every[name], every, bench.validation_splits(),
+                            log=bench.emit.log)
 
 
 def drop_of(bench: Bench, value: float | None) -> float:

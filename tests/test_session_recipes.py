@@ -43,7 +43,7 @@ def test_text_classification_sst2(shared_data, tmp_path):
     report = _session("text-classification.toml", tmp_path / "run", [
         f"data.train={shared_data / 'sst2' / 'train.tsv'}", f"data.eval={shared_data / 'sst2' / 'test.tsv'}",
         "data.limit=3000", "train.max_steps=150", "train.batch_size=32", "train.lr=1e-3", "eval.limit=300"])
-    _check(report, ["base", "int8", "pruned", "pruned-int8"], "accuracy")  # the recipe's own [[compress]] steps
+    _check(report, ["base", "int8", "student", "pruned", "pruned-int8"], "accuracy")  # the recipe's own [[compress]] steps
     base = report["variants"][0]["metrics"]["accuracy"]
     assert base > 0.55, f"150 steps on 3,000 SST-2 sentences should beat chance (0.5): {base}"
 

@@ -108,9 +108,13 @@ class StageState:
     # (event time, step) of the first progress event of this attempt: the ETA's rate starts there.
     _first: tuple[float, int] | None = None
     _last: tuple[float, int] | None = None
+    # seconds left as the stage itself said (a budgeted search: `toolkit tune`), which beats a rate
+    _left: float | None = None
 
     def eta_s(self) -> float | None:
         """Seconds left at the rate seen so far (event times, not the wall clock), or None."""
+        if self.state == "running" and self._left is not None:
+            return self._left
         if self.state != "running" or not self.total or not self._first or not self._last:
             return None
         (t0, s0), (t1, s1) = self._first, self._last
@@ -204,7 +208,7 @@ class RunTracker:
             # A stage may start sub-parts (a compression step's training): each has its own total and ETA.
             st.total = _int(e.get("total")) or st.total
             st.step = _int(e.get("resumed_from")) or 0
-            st._first, st._last = None, None
+            st._first, st._last, st._left = None, None, None
             st.detail = " ".join(str(e[k]) for k in ("variant", "phase") if e.get(k))
         elif kind == "progress":
             st.step = _int(e.get("step")) or st.step
@@ -212,6 +216,12 @@ class RunTracker:
             if st._first is None:
                 st._first = (t, st.step)
             st._last = (t, st.step)
+            if isinstance(e.get("seconds_left"), (int, float)):
+                st._left = float(e["seconds_left"])
+            if isinstance(e.get("best"), dict) and e["best"]:
+                # a search's best so far per target (`toolkit tune`): what the user waits to see
+                st.detail = "best: " + ", ".join(f"{target} {b.get('speedup', 0):.2f}x"
+                                                 for target, b in e["best"].items() if isinstance(b, dict))
         elif kind == "done":
             if st.total:
                 st.step = st.total

@@ -136,3 +136,21 @@ def test_tracker_session_marks_attempts_and_a_later_export_keeps_the_stages() ->
     tr.feed([{"t": 5, "stage": "session", "kind": "start", "stages": names},
              {"t": 6, "stage": "train", "kind": "skip", "reason": "up to date"}])
     assert [s.state for s in tr.stages.values()] == ["skipped"] + ["pending"] * 4
+
+
+def test_tracker_follows_a_tune_search_live() -> None:
+    """`toolkit tune` reports trials done, the best so far per target and the seconds its budget has left."""
+    tr = RunTracker()
+    tr.feed([{"t": 1, "stage": "train", "kind": "skip", "reason": "up to date"},
+             {"t": 2, "stage": "tune", "kind": "start", "targets": ["host", "raspberry-pi-4"], "budget_s": 120},
+             {"t": 5, "stage": "tune", "kind": "progress", "step": 3, "total": 60, "seconds_left": 110.0,
+              "best": {"host": {"trial": "ab12", "speedup": 1.95}}},
+             {"t": 9, "stage": "tune", "kind": "progress", "step": 4, "total": 60, "seconds_left": 96.5,
+              "best": {"host": {"trial": "cd34", "speedup": 4.93}, "raspberry-pi-4": {"trial": "cd34",
+                                                                                     "speedup": 5.71}}}])
+    st = tr.stages["tune"]
+    assert st.state == "running" and (st.step, st.total) == (4, 60)
+    assert st.detail == "best: host 4.93x, raspberry-pi-4 5.71x"
+    assert st.eta_s() == 96.5  # the budget, not a rate over 60 possible chains
+    tr.feed([{"t": 20, "stage": "tune", "kind": "done", "trials": 17}])
+    assert st.state == "done" and st.eta_s() is None

@@ -6,4 +6,4 @@ are absent, not stubs.
 """
 from __future__ import annotations
 
-COMMANDS: list[str] = ["run", "train", "compress", "export", "score", "targets", "bench", "eval", "report", "compare", "serve", "generate", "tui"]
+COMMANDS: list[str] = ["run", "train", "compress", "export", "score", "targets", "bench", "eval", "report", "compare", "serve", "generate", "tune", "tui"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from toolkit.config import Recipe, config_hash
 from toolkit.errors import UserError
@@ -50,8 +50,10 @@ def executorch_available() -> bool:
     return FORMATS.get("pte").available() is None
 
 
-def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = False) -> dict[str, list[dict]]:
-    """Export and verify every variant of ``run``; returns {variant: export.json's "files"}.
+def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = False,
+               only: Sequence[str] | None = None) -> dict[str, list[dict]]:
+    """Export and verify every variant of ``run`` (or those named in ``only``: ``tune`` exports one trial's
+    variant at a time); returns {variant: export.json's "files"}.
 
     Raises:
         UserError: no variants in the run; with ``strict``, a format whose extra is missing or an export error.
@@ -66,6 +68,7 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
     variants = load_variants(run.variants)
     if not variants:
         raise UserError(f"{run.variants}: no variants to export; train first (python -m toolkit train RECIPE)")
+    selected = variants if only is None else {n: v for n, v in variants.items() if n in only}
     formats = export_formats(list(recipe.export.formats))
     skipped: dict[str, str] = {}
     for fmt in formats:
@@ -77,11 +80,11 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
         emit.log(f".{fmt.name} skipped: {why}", "warning")
         skipped[fmt.name] = why
     exporter = _VariantExport(recipe, run, emit, variants, strict)
-    emit("start", total=len(variants), variants=list(variants), formats=[f.name for f in formats])
+    emit("start", total=len(selected), variants=list(selected), formats=[f.name for f in formats])
     results: dict[str, list[dict]] = {}
     checks: list[dict] = []
-    for i, variant in enumerate(variants.values()):
-        emit("progress", step=i, total=len(variants), variant=variant.name)
+    for i, variant in enumerate(selected.values()):
+        emit("progress", step=i, total=len(selected), variant=variant.name)
         records, raw = exporter.export(variant, [f for f in formats if f.name not in skipped])
         records += [{"format": f, "path": None, "size_bytes": 0, "verified": None, "check": {}, "reason": why}
                     for f, why in skipped.items()]
@@ -92,7 +95,7 @@ def run_export(recipe: Recipe, run: RunDir, emit: StageEmitter, strict: bool = F
         for r in failed:
             what = f"{r['path']} FAILED verification" if r["path"] else "export FAILED"
             emit.log(f"{variant.name}: {r['format']} {what}: {r.get('reason') or _summary(r['check'])}", "warning")
-    emit("progress", step=len(variants), total=len(variants))
+    emit("progress", step=len(selected), total=len(selected))
     if strict:
         raise_if_failed(checks)
     emit("done", variants=list(results), verified=sum(r["verified"] is True for rs in results.values() for r in rs),

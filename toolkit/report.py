@@ -153,7 +153,8 @@ def _fit(size_bytes: int | None, latency: dict[str, Any] | None, profile: Any) -
 
 def _size_bytes(variant: dict, export: dict | None, evaluation: dict | None) -> int | None:
     """DESIGN.md: the ONNX file (all ONNX files for encoder-decoder models), else what eval/compress measured."""
-    onnx = [f.get("size_bytes") for f in (export or {}).get("files", []) if f.get("format") == "onnx"]
+    # a variant without a graph (an ExecuTorch-only one) lists onnx as not made, with no path and size 0
+    onnx = [f.get("size_bytes") for f in (export or {}).get("files", []) if f.get("format") == "onnx" and f.get("path")]
     if onnx and all(isinstance(s, int) for s in onnx):
         return int(sum(onnx))
     for source in ((evaluation or {}).get("size_bytes"), variant.get("info", {}).get("size_bytes")):
@@ -258,7 +259,7 @@ def build_report(recipe: Recipe, run: RunDir, profiles: dict[str, Any] | None = 
             "speedup": "baseline latency / variant latency on the same target (>1: faster than the baseline); "
                        "latency = p10_ms (10th percentile of the host's interleaved calls) where measured so, else p50",
             "size_ratio": "variant size_bytes / baseline size_bytes (<1: smaller)",
-            "size_bytes": "the ONNX file(s) of the variant, else the model files compression or eval measured",
+            "size_bytes": "the ONNX file(s) of the variant, else its .pte program or the model files compression or eval measured",
             "quality_drop": metric.describe(),
             "pareto": "variants that no other variant beats on both the main metric and latency",
             "recommendation": "the fastest variant within max_quality_drop of the baseline that fits the "

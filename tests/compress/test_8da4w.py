@@ -113,6 +113,9 @@ def test_8da4w_is_evaluated_timed_and_verified_in_executorch(run):
     assert abs(val["variant_program"] / val["variant"] - 1) < 0.02, val
     gen = q["latency"]["host"]["by_runtime"]["executorch"]["generation"]
     assert gen["new_tokens"] == 6 and gen["tokens_per_s"] > 0 and gen["ttft_ms"] > 0
+    # the report sizes an ExecuTorch-only variant by its program (it has no ONNX file)
+    row = next(v for v in json.loads((run.path / "report.json").read_text())["variants"] if v["name"] == "8da4w")
+    assert row["size_bytes"] == variants["8da4w"].pte.stat().st_size
     export = json.loads((run.variants / "8da4w" / "export.json").read_text())
     pte = next(f for f in export["files"] if f["format"] == "pte")
     assert pte["verified"] is True and pte["check"]["cosine"] > 0.98, pte
@@ -183,3 +186,14 @@ def test_8da4w_on_a_classifier_is_refused_before_training(tmp_path, body, messag
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert not (tmp_path / "r" / "train").exists()
+
+
+def test_a_variant_without_an_onnx_file_is_not_sized_zero():
+    """export.json lists onnx as not made (no path, size 0) for a .pte-only variant: the size is the measured one."""
+    from toolkit.report import _size_bytes
+
+    export = {"files": [{"format": "onnx", "path": None, "size_bytes": 0},
+                        {"format": "pte", "path": "variants/a/model.pte", "size_bytes": 1234}]}
+    assert _size_bytes({"info": {"size_bytes": 1234}}, export, {"size_bytes": 1234}) == 1234
+    made = {"files": [{"format": "onnx", "path": "variants/b/model.onnx", "size_bytes": 99}]}
+    assert _size_bytes({"info": {}}, made, {"size_bytes": 5}) == 99

@@ -194,6 +194,8 @@ def _size_bytes(variant: Any, graphs: list[Path]) -> int | None:
         return int(sum(model_size(p) or 0 for p in graphs))
     if variant.model_dir is not None and Path(variant.model_dir).is_dir():
         return int(sum(p.stat().st_size for p in Path(variant.model_dir).rglob("*") if p.is_file()))
+    if variant.pte is not None:  # an ExecuTorch-only variant (pt2e, 8da4w): its program is what ships
+        return int(Path(variant.pte).stat().st_size)
     return None
 
 
